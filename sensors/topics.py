@@ -1,0 +1,82 @@
+"""The MQTT topic scheme, version 1, shared by devices, edge nodes and the server.
+
+=====================================================  ==============================================
+``aegle/v1/{site}/{device_id}/vitals``                 a device's vitals messages (QoS 1)
+``aegle/v1/{site}/deadletter/{reason}``                rejected payloads with the reason (QoS 1)
+``aegle/v1/{site}/context/{patient_id}``               live sensor context per patient (retained)
+``aegle/v1/{site}/results/{study_uid}``                enhancement results (server, later issues)
+=====================================================  ==============================================
+
+A device may publish only under its own ``device_id``: the broker ACL (:func:`mosquitto_acl`) uses Mosquitto's
+``%u`` substitution, so the MQTT username of a device is its device id.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "aegle/v1"
+INGEST_SHARE_GROUP = "aegle-ingest"
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def is_segment(value: str) -> bool:
+    """True if ``value`` may be used as one topic level (site, device or patient id)."""
+    return bool(_SEGMENT.match(value))
+
+
+def _segment(value: str, what: str) -> str:
+    if not is_segment(value):
+        raise ValueError(f"{what} {value!r} is not a valid topic segment")
+    return value
+
+
+def vitals(site: str, device_id: str) -> str:
+    """Topic a device publishes its vitals on."""
+    return f"{PREFIX}/{_segment(site, 'site')}/{_segment(device_id, 'device_id')}/vitals"
+
+
+def vitals_filter(site: str = "+") -> str:
+    """Subscription filter for all devices' vitals (of one site or of every site)."""
+    return f"{PREFIX}/{site}/+/vitals"
+
+
+def shared_vitals_filter(site: str = "+", group: str = INGEST_SHARE_GROUP) -> str:
+    """MQTT v5 shared subscription so that several ingest workers split the vitals stream."""
+    return f"$share/{group}/{vitals_filter(site)}"
+
+
+def parse_vitals_topic(topic: str) -> tuple[str, str]:
+    """Return ``(site, device_id)`` of a vitals topic; ``ValueError`` if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[4] != "vitals":
+        raise ValueError(f"not a vitals topic: {topic!r}")
+    return parts[2], parts[3]
+
+
+def deadletter(site: str, reason: str) -> str:
+    """Dead-letter topic for rejected payloads of a site (``site`` is ``unknown`` when it cannot be read)."""
+    return f"{PREFIX}/{site}/deadletter/{reason}"
+
+
+def context(site: str, patient_id: str) -> str:
+    """Retained topic carrying a patient's live sensor context."""
+    return f"{PREFIX}/{_segment(site, 'site')}/context/{_segment(patient_id, 'patient_id')}"
+
+
+def context_filter(site: str = "+") -> str:
+    """Subscription filter for every patient's live context."""
+    return f"{PREFIX}/{site}/context/+"
+
+
+def results(site: str, study_uid: str) -> str:
+    """Topic announcing the result of a processed study."""
+    return f"{PREFIX}/{_segment(site, 'site')}/results/{study_uid}"
+
+
+def mosquitto_acl(service_users: tuple[str, ...] = ("aegle-ingest",)) -> str:
+    """Mosquitto ACL text: devices write only their own vitals topic; service users read and write the tree."""
+    lines = ["# devices: the MQTT username is the device id", f"pattern write {PREFIX}/+/%u/vitals", ""]
+    for user in service_users:
+        lines += [f"user {user}", f"topic readwrite {PREFIX}/#", ""]
+    return "\n".join(lines)

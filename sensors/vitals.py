@@ -1,0 +1,241 @@
+"""The vitals message: what a bedside or wearable device publishes, and how it is checked.
+
+One JSON object per MQTT message::
+
+    {"schema": "aegle.vitals/1", "message_id": "…", "site": "ward-3", "device_id": "mon-12",
+     "patient_id": "enc-0042", "timestamp": "2026-11-21T23:59:00.120Z",
+     "observations": [{"code": "8867-4", "value": 72, "unit": "/min"}]}
+
+Codes are LOINC (system ``http://loinc.org``) with UCUM units. Motion has no LOINC vital-sign code, so it uses
+Aegle's own code system (``urn:aegle:code``). Values outside the physiologically possible range, unknown codes,
+wrong units, missing fields, naive timestamps and oversized payloads are rejected with a :class:`VitalsRejected`
+whose ``reason`` is one of :data:`REJECT_REASONS`; nothing is clamped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LOINC = "http://loinc.org"
+AEGLE_CODES = "urn:aegle:code"
+SCHEMA = "aegle.vitals/1"
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_OBSERVATIONS = 32
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+@dataclass(frozen=True, slots=True)
+class VitalSign:
+    """One kind of observation: its code, UCUM unit, possible range and adult reference for normalisation."""
+
+    key: str
+    code: str
+    system: str
+    unit: str
+    display: str
+    low: float
+    high: float
+    ref_mean: float
+    ref_scale: float
+
+
+VITAL_SIGNS: tuple[VitalSign, ...] = (
+    VitalSign("heart_rate", "8867-4", LOINC, "/min", "Heart rate", 20, 350, 75, 15),
+    VitalSign("spo2", "59408-5", LOINC, "%", "Oxygen saturation by pulse oximetry", 30, 100, 97, 2),
+    VitalSign("spo2", "2708-6", LOINC, "%", "Oxygen saturation in arterial blood", 30, 100, 97, 2),
+    VitalSign("temperature", "8310-5", LOINC, "Cel", "Body temperature", 25, 45, 36.8, 0.5),
+    VitalSign("respiratory_rate", "9279-1", LOINC, "/min", "Respiratory rate", 0, 100, 16, 4),
+    VitalSign("systolic_bp", "8480-6", LOINC, "mm[Hg]", "Systolic blood pressure", 30, 300, 120, 15),
+    VitalSign("diastolic_bp", "8462-4", LOINC, "mm[Hg]", "Diastolic blood pressure", 10, 250, 80, 10),
+    # No LOINC vital-sign code exists for body motion: RMS of the dynamic (gravity-removed) acceleration over
+    # the last second, and the raw accelerometer axes.
+    VitalSign("motion", "motion-rms", AEGLE_CODES, "m/s2", "Motion (RMS dynamic acceleration)", 0, 160, 0.5, 1.0),
+    VitalSign("accel_x", "accel-x", AEGLE_CODES, "m/s2", "Acceleration, x axis", -160, 160, 0, 9.81),
+    VitalSign("accel_y", "accel-y", AEGLE_CODES, "m/s2", "Acceleration, y axis", -160, 160, 0, 9.81),
+    VitalSign("accel_z", "accel-z", AEGLE_CODES, "m/s2", "Acceleration, z axis", -160, 160, 0, 9.81),
+)
+BY_CODE: dict[str, VitalSign] = {v.code: v for v in VITAL_SIGNS}
+
+REJECT_REASONS = (
+    "payload_too_large",
+    "malformed_json",
+    "missing_field",
+    "invalid_field",
+    "unknown_code",
+    "wrong_unit",
+    "impossible_value",
+    "naive_timestamp",
+    "timestamp_in_future",
+    "duplicate_observation",
+    "topic_mismatch",
+)
+RejectReason = Literal[
+    "payload_too_large",
+    "malformed_json",
+    "missing_field",
+    "invalid_field",
+    "unknown_code",
+    "wrong_unit",
+    "impossible_value",
+    "naive_timestamp",
+    "timestamp_in_future",
+    "duplicate_observation",
+    "topic_mismatch",
+]
+
+
+class VitalsRejected(ValueError):
+    """A vitals payload that cannot be accepted; ``reason`` is machine-readable, ``detail`` is for people."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Observation(BaseModel):
+    """One coded value; ``time`` defaults to the message timestamp."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(min_length=1, max_length=32)
+    system: str = LOINC
+    value: float = Field(allow_inf_nan=False)
+    unit: str = Field(min_length=1, max_length=16)
+    time: datetime | None = None
+
+
+class VitalsMessage(BaseModel):
+    """A device's report about one patient at one time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_: Literal["aegle.vitals/1"] = Field(default=SCHEMA, alias="schema")
+    message_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    site: str = Field(pattern=ID_PATTERN)
+    device_id: str = Field(pattern=ID_PATTERN)
+    patient_id: str = Field(pattern=ID_PATTERN)
+    timestamp: datetime
+    observations: list[Observation] = Field(min_length=1, max_length=MAX_OBSERVATIONS)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive timestamp")
+        return value.astimezone(UTC)
+
+    def to_json(self) -> bytes:
+        """Serialise as the wire format (UTC timestamps, ``schema`` key)."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class Sample(NamedTuple):
+    """One stored point: a single coded value for one patient at one instant (epoch milliseconds, UTC)."""
+
+    patient_id: str
+    site: str
+    device_id: str
+    code: str
+    t_ms: int
+    value: float
+    message_id: str
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(t_ms: int) -> datetime:
+    """Aware UTC datetime from epoch milliseconds."""
+    return datetime.fromtimestamp(t_ms / 1000, tz=UTC)
+
+
+def _first_error(exc: ValidationError) -> VitalsRejected:
+    errors = exc.errors(include_url=False)
+    err = next((e for e in errors if e["type"] == "missing"), errors[0])
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    if err["type"] == "missing":
+        return VitalsRejected("missing_field", f"{where} is required")
+    if err["type"] == "json_invalid":
+        return VitalsRejected("malformed_json", err["msg"])
+    if err["type"] == "value_error" and "naive timestamp" in err["msg"]:
+        return VitalsRejected("naive_timestamp", f"{where} has no UTC offset")
+    if err["type"] in ("model_type", "model_attributes_type") and where == "message":
+        return VitalsRejected("malformed_json", "payload is not a JSON object")
+    return VitalsRejected("invalid_field", f"{where}: {err['msg']}")
+
+
+def check_observations(message: VitalsMessage, now: datetime | None = None) -> None:
+    """Raise :class:`VitalsRejected` if a code, unit, value or time in ``message`` cannot be right."""
+    now = now or datetime.now(UTC)
+    if message.timestamp - now > MAX_FUTURE_SKEW:
+        raise VitalsRejected("timestamp_in_future", f"timestamp is {message.timestamp - now} ahead of the server")
+    seen: set[str] = set()
+    by_key: dict[str, float] = {}
+    for i, obs in enumerate(message.observations):
+        sign = BY_CODE.get(obs.code)
+        if sign is None or sign.system != obs.system:
+            raise VitalsRejected("unknown_code", f"observations.{i}: {obs.system}|{obs.code} is not a supported code")
+        if obs.unit != sign.unit:
+            raise VitalsRejected(
+                "wrong_unit", f"observations.{i}: {sign.display} must be in UCUM '{sign.unit}', got '{obs.unit}'"
+            )
+        if not sign.low <= obs.value <= sign.high:
+            raise VitalsRejected(
+                "impossible_value",
+                f"observations.{i}: {sign.display} {obs.value:g} {sign.unit} is outside [{sign.low:g}, {sign.high:g}]",
+            )
+        if obs.code in seen:
+            raise VitalsRejected("duplicate_observation", f"observations.{i}: {obs.code} appears twice")
+        if obs.time is not None:
+            if obs.time.tzinfo is None or obs.time.utcoffset() is None:
+                raise VitalsRejected("naive_timestamp", f"observations.{i}.time has no UTC offset")
+            if obs.time - now > MAX_FUTURE_SKEW:
+                raise VitalsRejected("timestamp_in_future", f"observations.{i}.time is ahead of the server")
+        seen.add(obs.code)
+        by_key[sign.key] = obs.value
+    if "systolic_bp" in by_key and "diastolic_bp" in by_key and by_key["diastolic_bp"] >= by_key["systolic_bp"]:
+        raise VitalsRejected("impossible_value", "diastolic blood pressure is not below systolic")
+
+
+def parse_vitals(payload: bytes, now: datetime | None = None) -> VitalsMessage:
+    """Parse and check one wire payload; raise :class:`VitalsRejected` with the reason if it is not acceptable."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise VitalsRejected("payload_too_large", f"{len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+    try:
+        message = VitalsMessage.model_validate_json(payload)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    check_observations(message, now)
+    return message
+
+
+def to_samples(message: VitalsMessage) -> list[Sample]:
+    """Flatten an accepted message into stored points."""
+    base = to_ms(message.timestamp)
+    return [
+        Sample(
+            message.patient_id,
+            message.site,
+            message.device_id,
+            obs.code,
+            to_ms(obs.time) if obs.time is not None else base,
+            obs.value,
+            message.message_id,
+        )
+        for obs in message.observations
+    ]
+
+
+def dumps_compact(obj: object) -> bytes:
+    """Compact JSON bytes (used for dead letters and context messages)."""
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,109 @@
+"""One settings object for every Aegle process: ``AEGLE_*`` environment variables, an optional TOML file.
+
+Precedence: constructor arguments, then environment (``AEGLE_MQTT__PORT=1884``; nested sections use ``__``),
+then the file named by ``AEGLE_CONFIG`` (TOML), then defaults. Secrets are read from the environment or from
+files (``*_file`` fields), never from the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    """A secret given directly or as the path of a file that holds it (trailing newline stripped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if path is not None:
+        return path.read_text().strip()
+    return None
+
+
+class MqttSettings(BaseModel):
+    """Broker connection."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    keepalive: int = 30
+
+    def secret(self) -> str | None:
+        return read_secret(self.password, self.password_file)
+
+
+class StoreSettings(BaseModel):
+    """Time-series store: embedded SQLite by default, or the InfluxDB protocol."""
+
+    backend: Literal["sqlite", "influx"] = "sqlite"
+    sqlite_path: Path = Path("var/aegle-vitals.sqlite")
+    url: str = "http://127.0.0.1:8086"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    org: str = "aegle"
+    bucket: str = "aegle"
+    # How reads are made on an InfluxDB-protocol store: Flux (InfluxDB 2.x) or the Prometheus-style
+    # HTTP API of VictoriaMetrics.
+    read_api: Literal["flux", "victoriametrics"] = "flux"
+
+    def secret(self) -> str | None:
+        return read_secret(self.token, self.token_file)
+
+
+class IngestSettings(BaseModel):
+    """Ingest worker."""
+
+    worker_id: str = "ingest-1"
+    share_group: str = "aegle-ingest"
+    site: str = "+"
+    receive_maximum: int = Field(default=4000, ge=1, le=65535)
+    batch_size: int = Field(default=2000, ge=1)
+    batch_interval_s: float = Field(default=0.05, gt=0)
+    session_expiry_s: int = 7 * 24 * 3600
+    spool_path: Path = Path("var/ingest-spool.sqlite")
+    spool_max_samples: int = 5_000_000
+    context_publish_interval_s: float = 1.0
+    metrics_port: int | None = None
+
+
+class ContextSettings(BaseModel):
+    """Sensor context window."""
+
+    window_s: float = 300.0
+    freshness_tau_s: float = 60.0
+
+
+class Settings(BaseSettings):
+    """Every setting of every Aegle process."""
+
+    model_config = SettingsConfigDict(env_prefix="AEGLE_", env_nested_delimiter="__", extra="ignore")
+
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    ingest: IngestSettings = IngestSettings()
+    context: ContextSettings = ContextSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        config = os.environ.get("AEGLE_CONFIG")
+        if config:
+            if not Path(config).is_file():
+                raise FileNotFoundError(f"AEGLE_CONFIG={config} does not exist")
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=config),)
+        return sources
