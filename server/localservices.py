@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ class LocalService(ABC):
     name = "service"
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -137,9 +138,54 @@ class Mosquitto(LocalService):
         self.max_queued_messages = max_queued_messages
 
     def add_user(self, username: str, password: str | None = None) -> str:
-        """Register a user (before :meth:`start`); returns the password, generated if not given."""
-        self.users[username] = password or secrets.token_urlsafe(18)
-        return self.users[username]
+        """Register a user; returns the password, generated if not given. Live brokers reload (SIGHUP)."""
+        return self.add_users({username: password})[username]
+
+    def add_users(self, users: dict[str, str | None] | list[str]) -> dict[str, str]:
+        """Register several users at once (one reload when the broker is running); returns their passwords."""
+        wanted = dict.fromkeys(users) if isinstance(users, list) else users
+        added = {name: password or secrets.token_urlsafe(18) for name, password in wanted.items()}
+        self.users.update(added)
+        if self.process is not None and self.process.poll() is None:
+            self._write_passwd()
+            self.process.send_signal(signal.SIGHUP)
+            self._wait_login(*next(iter(reversed(added.items()))))
+        return added
+
+    def _write_passwd(self) -> None:
+        passwd = self.workdir / "passwd"
+        lines = []
+        for user, password in self.users.items():
+            done = subprocess.run(
+                [require("mosquitto_passwd", "mosquitto"), "-b", "-c", "/dev/stdout", user, password],
+                check=True, capture_output=True, text=True,
+            )
+            lines.append(done.stdout.strip())
+        tmp = passwd.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(passwd)
+
+    def _wait_login(self, username: str, password: str, timeout: float = 10.0) -> None:
+        """Wait until the reloaded password file accepts ``username``."""
+        import paho.mqtt.client as mqtt
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            client.username_pw_set(username, password)
+            ok = threading.Event()
+            client.on_connect = lambda _c, _u, _f, rc, _p, ok=ok: rc.is_failure or ok.set()
+            try:
+                client.connect(LOOPBACK, self.port)
+                client.loop_start()
+                if ok.wait(1.0):
+                    return
+            finally:
+                client.disconnect()
+                client.loop_stop()
+            time.sleep(0.05)
+        raise TimeoutError(f"mosquitto did not accept the new user {username!r} after reload")
 
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
@@ -173,12 +219,7 @@ class Mosquitto(LocalService):
     def command(self) -> Sequence[str]:
         binary = require("mosquitto", "mosquitto")
         if not self.anonymous:
-            passwd = self.workdir / "passwd"
-            passwd.write_text("")
-            passwd.chmod(0o600)
-            tool = require("mosquitto_passwd", "mosquitto")
-            for user, password in self.users.items():
-                subprocess.run([tool, "-b", str(passwd), user, password], check=True, capture_output=True)
+            self._write_passwd()
             (self.workdir / "acl").write_text(topics.mosquitto_acl(self.service_users))
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())

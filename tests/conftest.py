@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.localservices import Mosquitto, VictoriaMetrics
-from server.settings import IngestSettings, MqttSettings, Settings, StoreSettings
-
-SERVICE_USERS = ("aegle-ingest", "aegle-test")
+from tests.support import SERVICE_USERS
 
 
 @pytest.fixture
@@ -28,13 +26,3 @@ def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetri
     """One VictoriaMetrics for the session (tests use distinct patient ids)."""
     with VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics")) as vm:
         yield vm
-
-
-def ingest_settings(broker: Mosquitto, tmp_path: Path, store: StoreSettings | None = None, **ingest: object) -> Settings:
-    """Settings for an ingest worker on ``broker`` with its spool under ``tmp_path``."""
-    return Settings(
-        mqtt=MqttSettings(host="127.0.0.1", port=broker.port, username="aegle-ingest",
-                          password=broker.users["aegle-ingest"]),
-        store=store or StoreSettings(backend="sqlite", sqlite_path=tmp_path / "vitals.sqlite"),
-        ingest=IngestSettings(spool_path=tmp_path / f"spool-{ingest.get('worker_id', 'w')}.sqlite", **ingest),
-    )

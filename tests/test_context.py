@@ -8,8 +8,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from sensors.context import CONTEXT_FIELDS, CONTEXT_SIZE, ContextCache, SensorContext, context_from_series
-from sensors.context import series_from_samples
+from sensors.context import (
+    CONTEXT_FIELDS,
+    CONTEXT_SIZE,
+    ContextCache,
+    SensorContext,
+    context_from_series,
+    series_from_samples,
+)
 from sensors.vitals import Sample, to_ms
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

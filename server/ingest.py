@@ -1,0 +1,290 @@
+"""MQTT ingest worker: vitals from the broker → validated → time-series store → live sensor context.
+
+Delivery guarantees:
+
+* MQTT v5, QoS 1, a fixed client id and a persistent session (``clean_start=False`` with a session expiry), so
+  messages published while a worker is down wait for it in the broker.
+* Manual acknowledgement: a message is acknowledged only after its samples are durable — written to the store,
+  or to the on-disk spool when the store is unreachable — or after its dead letter is confirmed by the broker.
+  A worker killed at any point loses nothing; what it had not acknowledged is redelivered, and the store's
+  idempotent writes keep one row per sample.
+* Bounded backlog: the broker sends at most ``receive_maximum`` unacknowledged messages (far below paho's
+  65 535 packet ids), so memory is bounded and nothing is dropped inside paho.
+* Several workers share the stream through the shared subscription ``$share/<group>/aegle/v1/+/+/vitals``.
+* Acknowledgements are only sent on the connection that received the message: a packet id is only meaningful
+  on its connection (a resumed session redelivers with the same ids, a new session reuses them), so after a
+  reconnect stale acknowledgements are dropped and the broker's redelivery is written idempotently instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from sensors import topics
+from sensors.context import ContextCache
+from sensors.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_vitals, to_samples
+from server.settings import Settings
+from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
+
+log = logging.getLogger("aegle.ingest")
+
+
+@dataclass(slots=True)
+class Received:
+    """One message as paho handed it over, tagged with the connection it arrived on."""
+
+    connection: int
+    mid: int
+    topic: str
+    payload: bytes
+
+
+class IngestMetrics:
+    """Prometheus metrics of one worker (own registry, so several workers can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "aegle_ingest_messages", "Vitals messages processed", ["outcome"], registry=self.registry
+        )
+        self.deadletters = Counter(
+            "aegle_ingest_deadletters", "Rejected messages by reason", ["reason"], registry=self.registry
+        )
+        self.samples = Counter("aegle_ingest_samples_written", "Samples made durable", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "aegle_ingest_batch_seconds",
+            "Time to validate and persist one batch",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.inbox = Gauge("aegle_ingest_inbox", "Messages received, not yet persisted", registry=self.registry)
+        self.spool = Gauge(
+            "aegle_ingest_spool_pending", "Samples waiting on disk for the store", registry=self.registry
+        )
+        self.store_up = Gauge("aegle_ingest_store_up", "1 when the last store write succeeded", registry=self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a metric sample (0 if it has not been set)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class IngestWorker:
+    """One ingest worker; :meth:`start` connects and runs in background threads, :meth:`stop` drains and stops."""
+
+    def __init__(self, settings: Settings, store: VitalsStore | None = None) -> None:
+        self.settings = settings
+        cfg = settings.ingest
+        self.store = BufferedStore(store or open_store(settings.store), Spool(cfg.spool_path, cfg.spool_max_samples))
+        self.cache = ContextCache(settings.context.window_s, settings.context.freshness_tau_s)
+        self.metrics = IngestMetrics()
+        self._inbox: deque[Received] = deque()
+        self._wake = threading.Event()
+        self._running = threading.Event()
+        self._connection = 0
+        self._connected = threading.Event()
+        self._dirty: set[str] = set()
+        self._writer: threading.Thread | None = None
+        self.client = self._make_client()
+
+    # --- MQTT -------------------------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.settings
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"aegle-{cfg.ingest.worker_id}",
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if cfg.mqtt.username:
+            client.username_pw_set(cfg.mqtt.username, cfg.mqtt.secret())
+        if cfg.mqtt.tls:
+            client.tls_set()
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(0.2, 10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._connection += 1
+        cfg = self.settings.ingest
+        client.subscribe(topics.shared_vitals_filter(cfg.site, cfg.share_group), qos=1)
+        self._connected.set()
+        log.info("connected (session %s)", "resumed" if _f.session_present else "new")
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connection += 1
+        self._connected.clear()
+        if self._running.is_set():
+            log.warning("disconnected from broker: %s; reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.append(Received(self._connection, msg.mid, msg.topic, msg.payload))
+        if len(self._inbox) >= self.settings.ingest.batch_size:
+            self._wake.set()
+
+    def start(self, timeout: float = 15.0) -> IngestWorker:
+        """Rebuild the live context from the store, connect to the broker and start processing."""
+        self._rebuild_context()
+        self._running.set()
+        cfg = self.settings
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = cfg.ingest.session_expiry_s
+        props.ReceiveMaximum = cfg.ingest.receive_maximum
+        self.client.connect(
+            cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise ConnectionError(f"no connection to the broker at {cfg.mqtt.host}:{cfg.mqtt.port}")
+        if cfg.ingest.metrics_port is not None:
+            start_http_server(cfg.ingest.metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+        self._writer = threading.Thread(target=self._write_loop, name="aegle-ingest-writer", daemon=True)
+        self._writer.start()
+        return self
+
+    def stop(self) -> None:
+        """Persist and acknowledge what has arrived, publish contexts, disconnect."""
+        self._running.clear()
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join(30)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (the CLI's ``aegle ingest``)."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        log.info("ingesting; metrics on port %s", self.settings.ingest.metrics_port)
+        done.wait()
+        self.stop()
+
+    # --- processing -------------------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        cfg = self.settings.ingest
+        next_context = time.monotonic() + cfg.context_publish_interval_s
+        while self._running.is_set() or self._inbox:
+            self._wake.wait(cfg.batch_interval_s)
+            self._wake.clear()
+            while self._inbox:
+                self._process(self._take(cfg.batch_size))
+            if self.store.pending:
+                self.store.drain(max_batches=5)
+                self.metrics.spool.set(self.store.pending)
+            if time.monotonic() >= next_context or not self._running.is_set():
+                self._publish_contexts()
+                next_context = time.monotonic() + cfg.context_publish_interval_s
+
+    def _take(self, n: int) -> list[Received]:
+        batch = []
+        while self._inbox and len(batch) < n:
+            batch.append(self._inbox.popleft())
+        return batch
+
+    def _process(self, batch: list[Received]) -> None:
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        samples: list[Sample] = []
+        letters: list[mqtt.MQTTMessageInfo] = []
+        for item in batch:
+            try:
+                site, device_id = topics.parse_vitals_topic(item.topic)
+                message = parse_vitals(item.payload, now)
+                if (message.site, message.device_id) != (site, device_id):
+                    raise VitalsRejected("topic_mismatch", "site/device_id in the payload differ from the topic")
+                samples.extend(to_samples(message))
+            except (VitalsRejected, ValueError) as exc:
+                letters.append(self._deadletter(item, exc, now))
+        self._persist(samples)
+        for info in letters:
+            info.wait_for_publish(30)
+        self._dirty |= self.cache.add(samples)
+        connection = self._connection
+        for item in batch:
+            if item.connection == connection:
+                self.client.ack(item.mid, 1)
+        self.metrics.messages.labels("accepted").inc(len(batch) - len(letters))
+        self.metrics.messages.labels("rejected").inc(len(letters))
+        self.metrics.samples.inc(len(samples))
+        self.metrics.inbox.set(len(self._inbox))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _persist(self, samples: list[Sample]) -> None:
+        """Make samples durable; while neither store nor spool can take them, wait (messages stay unacked)."""
+        while True:
+            try:
+                self.store.write(samples)
+                self.metrics.store_up.set(0 if self.store.pending else 1)
+                self.metrics.spool.set(self.store.pending)
+                return
+            except SpoolFull:
+                self.metrics.store_up.set(0)
+                log.error("store unreachable and spool full (%d samples): holding acknowledgements", self.store.pending)
+                time.sleep(1.0)
+                self.store.drain(max_batches=5)
+
+    def _deadletter(self, item: Received, exc: Exception, now: datetime) -> mqtt.MQTTMessageInfo:
+        reason = exc.reason if isinstance(exc, VitalsRejected) else "invalid_topic"
+        detail = exc.detail if isinstance(exc, VitalsRejected) else str(exc)
+        parts = item.topic.split("/")
+        site = parts[2] if len(parts) > 2 and topics.is_segment(parts[2]) else "unknown"
+        kept = item.payload[:MAX_PAYLOAD_BYTES]
+        letter = {
+            "reason": reason,
+            "detail": detail,
+            "topic": item.topic,
+            "received_at": now.isoformat().replace("+00:00", "Z"),
+            "worker": self.settings.ingest.worker_id,
+            "payload_bytes": len(item.payload),
+            "payload_sha256": hashlib.sha256(item.payload).hexdigest(),
+            "payload_b64": base64.b64encode(kept).decode(),
+            "truncated": len(kept) < len(item.payload),
+        }
+        self.metrics.deadletters.labels(reason).inc()
+        log.info("dead-lettered a message: %s", reason)
+        return self.client.publish(topics.deadletter(site, reason), dumps_compact(letter), qos=1)
+
+    # --- live context -----------------------------------------------------------------------------------------
+
+    def _publish_contexts(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for patient_id in dirty:
+            site = self.cache.site_of(patient_id)
+            if site is None:
+                continue
+            ctx = self.cache.context(patient_id)
+            self.client.publish(topics.context(site, patient_id), dumps_compact(ctx.to_dict()), qos=1, retain=True)
+
+    def _rebuild_context(self) -> None:
+        since = int(time.time() * 1000) - int(self.settings.context.window_s * 1000 * 2)
+        try:
+            self._dirty |= self.cache.add(self.store.store.recent(since))
+        except Exception as exc:  # the store may be down at start: spooling covers writes, context starts empty
+            log.warning("could not rebuild the live context from the store: %s", exc)
+        log.info("live context rebuilt for %d patients", len(self.cache.patients()))

@@ -1,0 +1,297 @@
+"""Ingest worker through real Mosquitto and real stores: end to end, dead letters, crash safety, shared load."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+
+from sensors import topics
+from sensors.context import CONTEXT_FIELDS, SensorContext, context_at
+from sensors.publisher import DeviceFleet, MqttPublisher
+from sensors.simulator import Faults, Simulator
+from sensors.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
+from server.ingest import IngestWorker
+from server.localservices import Mosquitto, VictoriaMetrics, free_port
+from server.settings import Settings, StoreSettings
+from server.store import open_store
+from tests.support import Collector, ingest_settings, wait_for
+
+V2 = mqtt.CallbackAPIVersion.VERSION2
+
+
+def publisher(broker: Mosquitto, user: str = "aegle-test") -> MqttPublisher:
+    return MqttPublisher("127.0.0.1", broker.port, f"{user}-pub", username=user, password=broker.users[user],
+                         max_backlog=2000)
+
+
+def store_settings(backend: str, tmp_path: Path, victoria: VictoriaMetrics | None) -> StoreSettings:
+    if backend == "sqlite":
+        return StoreSettings(backend="sqlite", sqlite_path=tmp_path / "vitals.sqlite")
+    assert victoria is not None
+    return StoreSettings(backend="influx", url=victoria.url, read_api="victoriametrics")
+
+
+def flush(store: object) -> None:
+    if hasattr(store, "flush"):
+        store.flush()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "victoriametrics"])
+def test_simulated_devices_end_to_end(backend: str, broker: Mosquitto, tmp_path: Path,
+                                      request: pytest.FixtureRequest) -> None:
+    """Simulator (with duplicates, late messages, dropouts and bad payloads) → broker → ingest → store → context."""
+    victoria = request.getfixturevalue("victoria") if backend == "victoriametrics" else None
+    site = f"ward-{backend[:3]}"
+    sim = Simulator(patients=4, site=site, rate_hz=2.0, seed=7, patient_prefix=f"e2e{backend[:3]}",
+                    faults=Faults(duplicate_fraction=0.05, late_fraction=0.05, dropouts_per_hour=60, bad_fraction=0.03))
+    credentials = broker.add_users(list(sim.devices))
+    start = datetime.now(UTC) - timedelta(seconds=90)
+    outgoing = list(sim.messages(start, duration_s=60))
+    valid = [o for o in outgoing if o.expected_reject is None]
+    bad = [o for o in outgoing if o.expected_reject is not None]
+    assert bad and len({o.message_id for o in valid}) < len(valid)  # the faults really happened
+
+    settings = ingest_settings(broker, tmp_path, store_settings(backend, tmp_path, victoria), worker_id="e2e")
+    letters = Collector(broker, topics.deadletter(site, "+"))
+    contexts = Collector(broker, topics.context_filter(site))
+    worker = IngestWorker(settings).start()
+    try:
+        with DeviceFleet("127.0.0.1", broker.port, credentials) as fleet:
+            for o in outgoing:
+                fleet.publish(o)
+            fleet.flush(30)
+        expected = {(s.patient_id, s.device_id, s.code, s.t_ms): s.value
+                    for o in valid for s in to_samples(parse_vitals(o.payload))}
+        wait_for(lambda: worker.metrics.value("aegle_ingest_messages_total", outcome="accepted")
+                 + worker.metrics.value("aegle_ingest_messages_total", outcome="rejected") >= len(outgoing),
+                 30, "every message processed")
+        wait_for(lambda: len(letters.messages) >= len(bad), 10, "dead letters")
+        time.sleep(settings.ingest.context_publish_interval_s + 0.5)
+    finally:
+        worker.stop()
+        letters.close()
+
+    store = open_store(settings.store)
+    flush(store)
+    patients = sorted({k[0] for k in expected})
+    stored = {}
+    for patient in patients:
+        for s in store.query(patient, to_ms(start) - 60_000, to_ms(datetime.now(UTC))):
+            stored[(s.patient_id, s.device_id, s.code, s.t_ms)] = s.value
+    assert stored == pytest.approx(expected)  # every valid sample exactly once, duplicates collapsed
+
+    reasons = Counter(json.loads(m.payload)["reason"] for m in letters.messages)
+    assert reasons == Counter(o.expected_reject for o in bad)
+    for m in letters.messages:
+        letter = json.loads(m.payload)
+        assert m.topic == topics.deadletter(site, letter["reason"])
+        assert letter["detail"] and letter["payload_sha256"]
+        assert base64.b64decode(letter["payload_b64"])
+
+    # The live context is retained per patient and equals the context read back from the store at that time.
+    latest = {m.topic: SensorContext.from_dict(json.loads(m.payload)) for m in contexts.messages}
+    contexts.close()
+    assert set(latest) == {topics.context(site, p) for p in patients}
+    for patient in patients:
+        live = latest[topics.context(site, patient)]
+        assert live.completeness > 0.5
+        again = context_at(store, patient, live.at, settings.context.window_s, settings.context.freshness_tau_s)
+        assert again.levels == live.levels
+        assert again.ages_s == live.ages_s
+    store.close()
+
+
+def test_bad_payloads_go_to_dead_letter_and_the_worker_keeps_going(broker: Mosquitto, tmp_path: Path) -> None:
+    settings = ingest_settings(broker, tmp_path, worker_id="dlq")
+    letters = Collector(broker, topics.deadletter("+", "+"))
+    worker = IngestWorker(settings).start()
+    pub = publisher(broker)
+    now = datetime.now(UTC)
+
+    def good(i: int, device: str = "mon-1") -> VitalsMessage:
+        return VitalsMessage(message_id=f"good-{i:06d}", site="ward-1", device_id=device, patient_id="enc-dlq",
+                             timestamp=now - timedelta(seconds=10 - i),
+                             observations=[Observation(code="8867-4", value=70 + i, unit="/min")])
+
+    cases = {
+        "payload_too_large": (topics.vitals("ward-1", "mon-1"), b"{" + b" " * 20_000 + b"}"),
+        "malformed_json": (topics.vitals("ward-1", "mon-1"), b"\x00\xff not json"),
+        "missing_field": (topics.vitals("ward-1", "mon-1"), b'{"message_id": "abcdefgh"}'),
+        "unknown_code": (topics.vitals("ward-1", "mon-1"),
+                         good(0).to_json().replace(b'"8867-4"', b'"0000-0"')),
+        "wrong_unit": (topics.vitals("ward-1", "mon-1"), good(0).to_json().replace(b'"/min"', b'"bpm"')),
+        "impossible_value": (topics.vitals("ward-1", "mon-1"), good(0).to_json().replace(b"70.0", b"-5.0")),
+        "naive_timestamp": (topics.vitals("ward-1", "mon-1"), good(0).to_json().replace(b'Z"', b'"')),
+        "topic_mismatch": (topics.vitals("ward-1", "mon-2"), good(0).to_json()),
+    }
+    try:
+        for i, (topic, payload) in enumerate(cases.values()):
+            pub.publish(topic, payload)
+            pub.publish(topics.vitals("ward-1", "mon-1"), good(i + 1).to_json())
+        pub.flush(10)
+        wait_for(lambda: len(letters.messages) >= len(cases), 15, "a dead letter per bad payload")
+        wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= len(cases), 10, "good ones")
+        assert worker.metrics.value("aegle_ingest_deadletters_total", reason="wrong_unit") == 1
+    finally:
+        pub.close()
+        worker.stop()
+        letters.close()
+    got = {json.loads(m.payload)["reason"]: m for m in letters.messages}
+    assert set(got) == set(cases)
+    for reason, (_topic, payload) in cases.items():
+        letter = json.loads(got[reason].payload)
+        kept = base64.b64decode(letter["payload_b64"])
+        assert payload.startswith(kept) and letter["payload_bytes"] == len(payload)
+    store = open_store(settings.store)
+    assert [s.value for s in store.query("enc-dlq", 0, to_ms(now) + 1)] == [71 + i for i in range(len(cases))]
+    store.close()
+
+
+def stream(n: int, patients: int = 50) -> list[tuple[str, bytes]]:
+    """``n`` distinct single-observation messages (distinct series/millisecond, so each is one stored row)."""
+    t0 = to_ms(datetime.now(UTC)) - n - 60_000
+    out = []
+    for i in range(n):
+        device = f"mon-{i % patients}"
+        msg = VitalsMessage(message_id=f"s-{i:08d}", site="ward-1", device_id=device, patient_id=f"enc-{i % patients}",
+                            timestamp=datetime.fromtimestamp((t0 + i) / 1000, UTC),
+                            observations=[Observation(code="8867-4", value=60 + i % 40, unit="/min")])
+        out.append((topics.vitals("ward-1", device), msg.to_json()))
+    return out
+
+
+def start_worker_process(settings: Settings, worker_id: str, metrics_port: int | None = None) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({
+        "AEGLE_MQTT__HOST": settings.mqtt.host,
+        "AEGLE_MQTT__PORT": str(settings.mqtt.port),
+        "AEGLE_MQTT__USERNAME": settings.mqtt.username or "",
+        "AEGLE_MQTT__PASSWORD": settings.mqtt.secret() or "",
+        "AEGLE_STORE__BACKEND": "sqlite",
+        "AEGLE_STORE__SQLITE_PATH": str(settings.store.sqlite_path),
+        "AEGLE_INGEST__SPOOL_PATH": str(settings.ingest.spool_path.with_name(f"spool-{worker_id}.sqlite")),
+        "AEGLE_LOG_LEVEL": "WARNING",
+    })
+    cmd = [sys.executable, "-m", "server.cli", "ingest", "--worker-id", worker_id]
+    if metrics_port is not None:
+        cmd += ["--metrics-port", str(metrics_port)]
+    return subprocess.Popen(cmd, env=env)
+
+
+def sqlite_rows(path: Path) -> tuple[int, int]:
+    import sqlite3
+
+    with sqlite3.connect(path, timeout=30) as db:
+        total, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM vitals").fetchone()
+    return int(total), int(distinct)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    n = 100_000
+    settings = ingest_settings(broker, tmp_path, worker_id="crash")
+    db = settings.store.sqlite_path
+    messages = stream(n)
+    worker = start_worker_process(settings, "crash")
+    try:
+        wait_for(lambda: db.exists(), 20, "the worker's store")
+        pub = publisher(broker)
+        sender = threading.Thread(target=lambda: [pub.publish(t, p) for t, p in messages])
+        sender.start()
+        wait_for(lambda: sqlite_rows(db)[0] >= n // 4, 60, "a quarter of the stream stored", 0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        killed_at = sqlite_rows(db)[0]
+        assert killed_at < n  # really mid-stream
+        time.sleep(1)  # the publisher keeps going while no worker runs: the broker queues for the session
+        worker = start_worker_process(settings, "crash")
+        sender.join(120)
+        pub.flush(60)
+        pub.close()
+        wait_for(lambda: sqlite_rows(db)[0] >= n, 120, "the whole stream stored", 0.2)
+        time.sleep(1.0)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    assert sqlite_rows(db) == (n, n)
+
+
+@pytest.mark.slow
+def test_two_workers_split_the_shared_subscription(broker: Mosquitto, tmp_path: Path) -> None:
+    n = 40_000
+    settings = ingest_settings(broker, tmp_path, worker_id="shared")
+    ports = [free_port(), free_port()]
+    workers = [start_worker_process(settings, f"shared-{i}", ports[i]) for i in range(2)]
+
+    def accepted(port: int) -> float:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        line = next(x for x in text.splitlines() if x.startswith('aegle_ingest_messages_total{outcome="accepted"}'))
+        return float(line.split()[-1])
+
+    try:
+        for port in ports:
+            wait_for(lambda p=port: _metrics_up(p), 20, "worker metrics")
+        pub = publisher(broker)
+        for topic, payload in stream(n):
+            pub.publish(topic, payload)
+        pub.flush(60)
+        pub.close()
+        wait_for(lambda: sum(accepted(p) for p in ports) >= n, 90, "both workers done")
+        shares = [accepted(p) for p in ports]
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(20)
+    assert sum(shares) == n  # none doubled
+    assert min(shares) > n * 0.2  # really split
+    assert sqlite_rows(settings.store.sqlite_path) == (n, n)
+
+
+def _metrics_up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_restart_rebuilds_live_context_from_the_store(broker: Mosquitto, tmp_path: Path) -> None:
+    settings = ingest_settings(broker, tmp_path, worker_id="rebuild")
+    worker = IngestWorker(settings).start()
+    pub = publisher(broker)
+    now = datetime.now(UTC)
+    for i in range(20):
+        msg = VitalsMessage(message_id=f"rb-{i:06d}", site="ward-1", device_id="mon-7", patient_id="enc-rb",
+                            timestamp=now - timedelta(seconds=40 - i),
+                            observations=[Observation(code="8867-4", value=100 + i, unit="/min"),
+                                          Observation(code="8310-5", value=38.5, unit="Cel")])
+        pub.publish(topics.vitals("ward-1", "mon-7"), msg.to_json())
+    pub.flush(10)
+    pub.close()
+    wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 40, 15, "stored")
+    before = worker.cache.context("enc-rb", now)
+    worker.stop()
+
+    fresh = IngestWorker(settings)
+    after = fresh.cache  # nothing yet
+    assert after.patients() == []
+    fresh.start()
+    try:
+        assert fresh.cache.patients() == ["enc-rb"]
+        rebuilt = fresh.cache.context("enc-rb", now)
+    finally:
+        fresh.stop()
+    assert rebuilt.levels == before.levels
+    assert rebuilt.vector[CONTEXT_FIELDS.index("mask_temperature")] == 1
