@@ -22,6 +22,7 @@ import base64
 import hashlib
 import logging
 import signal
+import struct
 import threading
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from server.settings import Settings
 from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
 
 log = logging.getLogger("aegle.ingest")
+_PUBACK = struct.Struct("!BBH")
 
 
 @dataclass(slots=True)
@@ -226,14 +228,21 @@ class IngestWorker:
             info.wait_for_publish(30)
         self._dirty |= self.cache.add(samples)
         connection = self._connection
-        for item in batch:
-            if item.connection == connection:
-                self.client.ack(item.mid, 1)
+        self._ack([item.mid for item in batch if item.connection == connection])
         self.metrics.messages.labels("accepted").inc(len(batch) - len(letters))
         self.metrics.messages.labels("rejected").inc(len(letters))
         self.metrics.samples.inc(len(samples))
         self.metrics.inbox.set(len(self._inbox))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _ack(self, mids: list[int]) -> None:
+        """Acknowledge a batch with one write: MQTT v5 allows a 4-byte PUBACK (success, no properties).
+
+        paho's public ``ack()`` queues and wakes its loop once per message, which costs as much as the rest
+        of ingest together; the packets are identical, only their number of writes differs.
+        """
+        if mids:
+            self.client._packet_queue(mqtt.PUBACK, b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids), 0, 0)
 
     def _persist(self, samples: list[Sample]) -> None:
         """Make samples durable; while neither store nor spool can take them, wait (messages stay unacked)."""

@@ -1,0 +1,222 @@
+"""Ingest rate against the raw MQTT rate on this machine, with the same publisher, in one run.
+
+raw:    paho publisher → Mosquitto → paho subscriber process (QoS 1, counts messages)
+ingest: paho publisher → Mosquitto → ``aegle ingest`` process (validate, write SQLite, acknowledge after commit)
+
+Both phases alternate ``--runs`` times on a broker with authentication on; figures are medians. After each
+ingest phase the store is checked: every message exactly once (``lost`` and ``duplicated`` are totals).
+
+    python -m bench.ingest            # 100 000 messages × 5 runs of each
+    python -m bench.ingest --quick    # 30 000 messages × 3 runs (under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from sensors import topics
+from sensors.publisher import MqttPublisher
+from sensors.vitals import Observation, VitalsMessage
+from server.localservices import LOOPBACK, Mosquitto
+
+USERS = ("aegle-ingest", "aegle-bench")
+
+
+def payloads(n: int, devices: int = 50) -> list[tuple[str, bytes]]:
+    """``n`` realistic bedside-monitor messages (HR, SpO2, RR) from ``devices`` devices, distinct timestamps."""
+    t0 = time.time() - n / 1000 - 120
+    out = []
+    for i in range(n):
+        d = i % devices
+        msg = VitalsMessage(
+            message_id=f"bench-{i:09d}", site="ward-1", device_id=f"mon-{d}", patient_id=f"enc-{d}",
+            timestamp=datetime.fromtimestamp(t0 + i / 1000, UTC),
+            observations=[Observation(code="8867-4", value=60 + i % 50, unit="/min"),
+                          Observation(code="59408-5", value=90 + i % 10, unit="%"),
+                          Observation(code="9279-1", value=10 + i % 12, unit="/min")],
+        )
+        out.append((topics.vitals("ward-1", f"mon-{d}"), msg.to_json()))
+    return out
+
+
+def raw_subscriber(port: int, password: str, n: int) -> None:
+    """Child process of the raw phase: subscribe at QoS 1, print the wall time when ``n`` messages arrived."""
+    done = threading.Event()
+    count = 0
+
+    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
+    client.username_pw_set("aegle-bench", password)
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: print("ready", flush=True)
+    client.connect(LOOPBACK, port)
+    client.subscribe(topics.vitals_filter(), qos=1)
+    client.loop_start()
+    done.wait()
+    print(f"{time.time():.6f}", flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
+    """Publish every message at QoS 1 with the bounded-backlog publisher; return the wall time it started."""
+    pub = MqttPublisher(LOOPBACK, broker.port, "bench-pub", username="aegle-bench",
+                        password=broker.users["aegle-bench"], max_backlog=2000)
+    started = time.time()
+    for topic, payload in messages:
+        pub.publish(topic, payload)
+    pub.flush(120)
+    pub.close()
+    return started
+
+
+def run_raw(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.ingest", "--raw-subscriber", str(broker.port), broker.users["aegle-bench"],
+         str(len(messages))], stdout=subprocess.PIPE, text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    started = publish_all(broker, messages)
+    finished = float(child.stdout.readline())
+    child.wait(30)
+    return len(messages) / (finished - started)
+
+
+ROWS_PER_MESSAGE = 3
+
+
+def stored(db: Path) -> tuple[int, int]:
+    """(rows, distinct message ids) in the store."""
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return conn.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM vitals").fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return 0, 0
+
+
+def has_row(db: Path, patient_id: str, t_ms: int) -> bool:
+    """A primary-key lookup: cheap enough to poll every few milliseconds without slowing the run."""
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            row = conn.execute("SELECT 1 FROM vitals WHERE patient_id = ? AND t_ms = ?", (patient_id, t_ms))
+            return row.fetchone() is not None
+    except sqlite3.OperationalError:
+        return False
+
+
+def wait_stored(db: Path, messages: list[tuple[str, bytes]], timeout: float = 300) -> float:
+    """Wall time at which the whole stream was in the store (last message seen, then the full count checked)."""
+    last = VitalsMessage.model_validate_json(messages[-1][1])
+    key = (last.patient_id, int(last.timestamp.timestamp() * 1000))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if has_row(db, *key):
+            seen = time.time()
+            if stored(db)[0] >= len(messages) * ROWS_PER_MESSAGE:
+                return seen
+            time.sleep(0.05)  # a redelivered or second worker's batch is still on its way
+        else:
+            time.sleep(0.003)
+    raise TimeoutError(f"stream not stored after {timeout:.0f} s: {stored(db)}")
+
+
+def run_ingest(
+    broker: Mosquitto, messages: list[tuple[str, bytes]], workdir: Path, run: int, workers: int
+) -> tuple[float, int, int]:
+    """One ingest phase with ``workers`` worker processes; returns (msgs/s, lost, duplicated)."""
+    db = workdir / f"vitals-{run}-{workers}.sqlite"
+    env = dict(os.environ)
+    env.update({
+        "AEGLE_MQTT__PORT": str(broker.port), "AEGLE_MQTT__USERNAME": "aegle-ingest",
+        "AEGLE_MQTT__PASSWORD": broker.users["aegle-ingest"], "AEGLE_STORE__SQLITE_PATH": str(db),
+        "AEGLE_LOG_LEVEL": "WARNING",
+        # A fresh share group per phase: earlier workers keep their persistent sessions and their shares.
+        "AEGLE_INGEST__SHARE_GROUP": f"bench-{run}-{workers}",
+    })
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "ingest", "--worker-id", f"bench-{run}-{workers}-{i}"],
+            env=env | {"AEGLE_INGEST__SPOOL_PATH": str(workdir / f"spool-{run}-{workers}-{i}.sqlite")},
+        )
+        for i in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while not db.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # connected and subscribed
+        finished: list[float] = []
+        watcher = threading.Thread(target=lambda: finished.append(wait_stored(db, messages)), daemon=True)
+        watcher.start()
+        started = publish_all(broker, messages)
+        watcher.join(310)
+        time.sleep(0.5)  # anything doubled would show now
+        rows, distinct = stored(db)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    if not finished:
+        raise RuntimeError("ingest did not finish")
+    expected_rows = len(messages) * ROWS_PER_MESSAGE
+    return len(messages) / (finished[0] - started), len(messages) - distinct, max(0, rows - expected_rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 000 messages × 3 runs")
+    parser.add_argument("--messages", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="ingest worker processes on the shared subscription")
+    parser.add_argument("--raw-subscriber", nargs=3, metavar=("PORT", "PASSWORD", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.raw_subscriber:
+        port, password, n = args.raw_subscriber
+        raw_subscriber(int(port), password, int(n))
+        return
+    n = args.messages or (30_000 if args.quick else 100_000)
+    runs = args.runs or (3 if args.quick else 5)
+    messages = payloads(n)
+    raw, ingest, lost, duplicated = [], [], 0, 0
+    with tempfile.TemporaryDirectory(prefix="aegle-bench-") as tmp:
+        broker = Mosquitto(Path(tmp) / "mosquitto", service_users=USERS)
+        broker.add_users(list(USERS))
+        with broker:
+            for run in range(runs):
+                raw.append(run_raw(broker, messages))
+                rate, run_lost, run_dup = run_ingest(broker, messages, Path(tmp), run, args.workers)
+                ingest.append(rate)
+                lost += run_lost
+                duplicated += run_dup
+                print(f"run {run + 1}/{runs}: raw {raw[-1]:,.0f} msg/s, ingest {rate:,.0f} msg/s", file=sys.stderr)
+    raw_median, ingest_median = statistics.median(raw), statistics.median(ingest)
+    print(json.dumps({
+        "bench": "ingest", "messages": n, "runs": runs, "qos": 1, "store": "sqlite", "workers": args.workers,
+        "raw_msgs_per_s": round(raw_median), "ingest_msgs_per_s": round(ingest_median),
+        "ratio": round(ingest_median / raw_median, 3), "lost": lost, "duplicated": duplicated,
+        "raw_runs": [round(x) for x in raw], "ingest_runs": [round(x) for x in ingest],
+    }))
+
+
+if __name__ == "__main__":
+    main()
