@@ -33,7 +33,11 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
         settings.ingest.worker_id = args.worker_id
     if args.metrics_port is not None:
         settings.ingest.metrics_port = args.metrics_port
-    IngestWorker(settings).run_forever()
+    worker = IngestWorker(settings)
+    if args.retire:
+        worker.retire()
+    else:
+        worker.run_forever()
     return 0
 
 
@@ -105,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="run an ingest worker (MQTT → store → live context)")
     p.add_argument("--worker-id", default=None, help="fixed id; the MQTT client id and session derive from it")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--retire", action="store_true",
+                   help="drain this worker's queued share, leave the shared subscription and end its session")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("simulate", help="publish simulated bedside and wearable devices")

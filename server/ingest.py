@@ -100,6 +100,7 @@ class IngestWorker:
         self._connected = threading.Event()
         self._dirty: set[str] = set()
         self._writer: threading.Thread | None = None
+        self._last_message = 0.0
         self.client = self._make_client()
 
     # --- MQTT -------------------------------------------------------------------------------------------------
@@ -141,6 +142,7 @@ class IngestWorker:
             log.warning("disconnected from broker: %s; reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
         self._inbox.append(Received(self._connection, msg.mid, msg.topic, msg.payload))
         if len(self._inbox) >= self.settings.ingest.batch_size:
             self._wake.set()
@@ -166,15 +168,38 @@ class IngestWorker:
         self._writer.start()
         return self
 
-    def stop(self) -> None:
-        """Persist and acknowledge what has arrived, publish contexts, disconnect."""
+    def stop(self, end_session: bool = False) -> None:
+        """Persist and acknowledge what has arrived, publish contexts, disconnect.
+
+        The broker keeps the session (and queues this worker's share of the stream) unless ``end_session``.
+        """
         self._running.clear()
         self._wake.set()
         if self._writer is not None:
             self._writer.join(30)
-        self.client.disconnect()
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.store.close()
+
+    def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> None:
+        """Take a worker out of service for good without losing its share of the stream.
+
+        A stopped worker's persistent session keeps its place in the shared subscription, so the broker goes
+        on queueing part of the stream for it. Retiring drains what is queued, unsubscribes (the other
+        workers then get everything), persists the rest and ends the session.
+        """
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - self._last_message < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cfg = self.settings.ingest
+        self.client.unsubscribe(topics.shared_vitals_filter(cfg.site, cfg.share_group))
+        time.sleep(quiet_s)  # whatever was in flight before the UNSUBACK arrives and is processed
+        self.stop(end_session=True)
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT (the CLI's ``aegle ingest``)."""
@@ -238,8 +263,9 @@ class IngestWorker:
     def _ack(self, mids: list[int]) -> None:
         """Acknowledge a batch with one write: MQTT v5 allows a 4-byte PUBACK (success, no properties).
 
-        paho's public ``ack()`` queues and wakes its loop once per message, which costs as much as the rest
-        of ingest together; the packets are identical, only their number of writes differs.
+        paho's public ``ack()`` queues one packet and wakes paho's loop per message; one write per batch drained
+        a queued stream of 50 000 messages about 10 % faster on a 2-core machine. The bytes on the wire are
+        the ones ``ack()`` would send; ``_packet_queue`` is paho 2.x's internal queue (pinned ``<3``).
         """
         if mids:
             self.client._packet_queue(mqtt.PUBACK, b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids), 0, 0)

@@ -25,6 +25,7 @@ import httpx
 from sensors import topics
 
 LOOPBACK = "127.0.0.1"
+POLICY = Path(__file__).with_name("mosquitto-policy.conf")
 
 
 def free_port() -> int:
@@ -114,7 +115,7 @@ def require(binary: str, package: str) -> str:
 
 
 class Mosquitto(LocalService):
-    """A Mosquitto broker with Aegle's settings: persistence, large offline queues, password file and ACL.
+    """A Mosquitto broker with Aegle's policy (``mosquitto-policy.conf``), a password file and the topic ACL.
 
     ``users`` maps MQTT usernames to passwords; with ``anonymous=True`` (tests that need it only) no login
     is required and no ACL is applied.
@@ -129,13 +130,11 @@ class Mosquitto(LocalService):
         users: dict[str, str] | None = None,
         service_users: tuple[str, ...] = ("aegle-ingest",),
         anonymous: bool = False,
-        max_queued_messages: int = 2_000_000,
     ) -> None:
         super().__init__(workdir, port)
         self.users = dict(users or {})
         self.service_users = service_users
         self.anonymous = anonymous
-        self.max_queued_messages = max_queued_messages
 
     def add_user(self, username: str, password: str | None = None) -> str:
         """Register a user; returns the password, generated if not given. Live brokers reload (SIGHUP)."""
@@ -190,18 +189,10 @@ class Mosquitto(LocalService):
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
         lines = [
+            POLICY.read_text(),
             f"listener {self.port} {LOOPBACK}",
             "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "persistence true",
             f"persistence_location {self.workdir}/",
-            "autosave_interval 5",
-            f"max_queued_messages {self.max_queued_messages}",
-            "max_queued_bytes 1073741824",
-            "max_inflight_messages 0",
-            "set_tcp_nodelay true",
         ]
         if os.geteuid() == 0:
             # Files live in a private directory of the caller; a broker started by root stays root to read them.

@@ -295,3 +295,31 @@ def test_restart_rebuilds_live_context_from_the_store(broker: Mosquitto, tmp_pat
         fresh.stop()
     assert rebuilt.levels == before.levels
     assert rebuilt.vector[CONTEXT_FIELDS.index("mask_temperature")] == 1
+
+
+def test_retired_worker_hands_its_share_back(broker: Mosquitto, tmp_path: Path) -> None:
+    """A stopped worker's session keeps queueing its share; ``retire`` drains it and leaves the group."""
+    settings_a = ingest_settings(broker, tmp_path, worker_id="keep")
+    settings_b = ingest_settings(broker, tmp_path, worker_id="leave")
+    a = IngestWorker(settings_a).start()
+    b = IngestWorker(settings_b).start()
+    b.stop()  # gone, but its session (and its share) stays with the broker
+    messages = stream(4000)
+    first, second = messages[:2000], messages[2000:]
+    pub = publisher(broker)
+    for topic, payload in first:
+        pub.publish(topic, payload)
+    pub.flush(10)
+    time.sleep(1.0)
+    db = settings_a.store.sqlite_path
+    assert 0 < sqlite_rows(db)[0] < len(first)  # part of the stream waits for the stopped worker
+    IngestWorker(settings_b).retire(quiet_s=1.0)
+    assert sqlite_rows(db)[0] == len(first)  # the retired worker drained its queue
+    for topic, payload in second:
+        pub.publish(topic, payload)
+    pub.flush(10)
+    pub.close()
+    try:
+        wait_for(lambda: sqlite_rows(db)[0] == 4000, 15, "the remaining worker to take the whole stream")
+    finally:
+        a.stop()
