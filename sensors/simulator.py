@@ -5,9 +5,10 @@ a fever), vitals that wander around the baseline as Ornstein–Uhlenbeck process
 Markov motion process: activity raises heart and respiratory rate and shows on the wearable's accelerometer.
 
 Each patient has two devices: a bedside monitor ``mon-<n>`` (heart rate, SpO2 and respiratory rate every
-period, temperature every 60 s, blood pressure every 5 min) and a wearable ``wear-<n>`` (heart rate, motion RMS and
-the three accelerometer axes every period). :class:`Faults` adds what real devices do: dropouts, late and
-duplicated deliveries, and invalid payloads tagged with the rejection reason they must earn.
+period; temperature every 60 s and blood pressure every 5 min, both also in its first report) and a wearable
+``wear-<n>`` (heart rate, motion RMS and the three accelerometer axes every period). :class:`Faults` adds what
+real devices do: dropouts, late and duplicated deliveries, and invalid payloads tagged with the rejection reason
+they must earn.
 
 :meth:`Simulator.messages` generates the stream in send-time order without sleeping; :func:`run` paces it
 against the wall clock.
@@ -352,8 +353,8 @@ class Simulator:
             for device_id, kind in ((patient.monitor_id, "monitor"), (patient.wearable_id, "wearable")):
                 rng = random.Random(f"aegle-sim:{self.seed}:device:{device_id}:{start_ms}")
                 device = _Device(device_id, kind, state, self.topic(device_id), rng, period)
-                device.next_bp_ms = start_ms + rng.randrange(BP_INTERVAL_MS)
-                device.next_temp_ms = start_ms + rng.randrange(TEMP_INTERVAL_MS)
+                # A monitor's first report carries every vital (as when it is connected to the patient).
+                device.next_bp_ms = device.next_temp_ms = start_ms
                 heapq.heappush(heap, (start_ms + rng.randrange(period), seq, device))
                 seq += 1
 
