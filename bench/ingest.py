@@ -30,7 +30,8 @@ import paho.mqtt.client as mqtt
 from sensors import topics
 from sensors.publisher import MqttPublisher
 from sensors.vitals import Observation, VitalsMessage
-from server.localservices import LOOPBACK, Mosquitto
+from server.localservices import LOOPBACK, Mosquitto, free_port, http_ok
+from server.store.sqlite import row_counts
 
 USERS = ("aegle-ingest", "aegle-bench")
 
@@ -104,15 +105,6 @@ def run_raw(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
 ROWS_PER_MESSAGE = 3
 
 
-def stored(db: Path) -> tuple[int, int]:
-    """(rows, distinct message ids) in the store."""
-    try:
-        with sqlite3.connect(db, timeout=30) as conn:
-            return conn.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM vitals").fetchone()
-    except sqlite3.OperationalError:  # not created yet
-        return 0, 0
-
-
 def has_row(db: Path, patient_id: str, t_ms: int) -> bool:
     """A primary-key lookup: cheap enough to poll every few milliseconds without slowing the run."""
     try:
@@ -131,12 +123,12 @@ def wait_stored(db: Path, messages: list[tuple[str, bytes]], timeout: float = 30
     while time.monotonic() < deadline:
         if has_row(db, *key):
             seen = time.time()
-            if stored(db)[0] >= len(messages) * ROWS_PER_MESSAGE:
+            if row_counts(db)[0] >= len(messages) * ROWS_PER_MESSAGE:
                 return seen
             time.sleep(0.05)  # a redelivered or second worker's batch is still on its way
         else:
             time.sleep(0.003)
-    raise TimeoutError(f"stream not stored after {timeout:.0f} s: {stored(db)}")
+    raise TimeoutError(f"stream not stored after {timeout:.0f} s: {row_counts(db)}")
 
 
 def run_ingest(
@@ -152,25 +144,28 @@ def run_ingest(
         # A fresh share group per phase: earlier workers keep their persistent sessions and their shares.
         "AEGLE_INGEST__SHARE_GROUP": f"bench-{run}-{workers}",
     })
+    ports = [free_port() for _ in range(workers)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "ingest", "--worker-id", f"bench-{run}-{workers}-{i}"],
+            [sys.executable, "-m", "server.cli", "ingest", "--worker-id", f"bench-{run}-{workers}-{i}",
+             "--metrics-port", str(port)],
             env=env | {"AEGLE_INGEST__SPOOL_PATH": str(workdir / f"spool-{run}-{workers}-{i}.sqlite")},
         )
-        for i in range(workers)
+        for i, port in enumerate(ports)
     ]
     try:
         deadline = time.monotonic() + 30
-        while not db.exists() and time.monotonic() < deadline:
+        while not all(http_ok(f"http://{LOOPBACK}:{p}/metrics") for p in ports):  # metrics start once subscribed
+            if time.monotonic() > deadline:
+                raise TimeoutError("ingest workers did not subscribe")
             time.sleep(0.05)
-        time.sleep(0.5)  # connected and subscribed
         finished: list[float] = []
         watcher = threading.Thread(target=lambda: finished.append(wait_stored(db, messages)), daemon=True)
         watcher.start()
         started = publish_all(broker, messages)
         watcher.join(310)
         time.sleep(0.5)  # anything doubled would show now
-        rows, distinct = stored(db)
+        rows, distinct = row_counts(db)
     finally:
         for proc in procs:
             proc.terminate()

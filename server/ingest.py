@@ -97,7 +97,7 @@ class IngestWorker:
         self._wake = threading.Event()
         self._running = threading.Event()
         self._connection = 0
-        self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._dirty: set[str] = set()
         self._writer: threading.Thread | None = None
         self._last_message = 0.0
@@ -123,6 +123,7 @@ class IngestWorker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -132,14 +133,19 @@ class IngestWorker:
         self._connection += 1
         cfg = self.settings.ingest
         client.subscribe(topics.shared_vitals_filter(cfg.site, cfg.share_group), qos=1)
-        self._connected.set()
         log.info("connected (session %s)", "resumed" if _f.session_present else "new")
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connection += 1
-        self._connected.clear()
+        self._subscribed.clear()
         if self._running.is_set():
             log.warning("disconnected from broker: %s; reconnecting", reason)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("the broker refused the vitals subscription: %s", [str(r) for r in reasons])
+            return
+        self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._last_message = time.monotonic()
@@ -148,7 +154,7 @@ class IngestWorker:
             self._wake.set()
 
     def start(self, timeout: float = 15.0) -> IngestWorker:
-        """Rebuild the live context from the store, connect to the broker and start processing."""
+        """Rebuild the live context from the store, connect, and return once subscribed (metrics start then)."""
         self._rebuild_context()
         self._running.set()
         cfg = self.settings
@@ -159,9 +165,9 @@ class IngestWorker:
             cfg.mqtt.host, cfg.mqtt.port, keepalive=cfg.mqtt.keepalive, clean_start=False, properties=props
         )
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self._subscribed.wait(timeout):
             self.stop()
-            raise ConnectionError(f"no connection to the broker at {cfg.mqtt.host}:{cfg.mqtt.port}")
+            raise ConnectionError(f"not subscribed at the broker {cfg.mqtt.host}:{cfg.mqtt.port} (see the log)")
         if cfg.ingest.metrics_port is not None:
             start_http_server(cfg.ingest.metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
         self._writer = threading.Thread(target=self._write_loop, name="aegle-ingest-writer", daemon=True)

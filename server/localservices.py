@@ -35,6 +35,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True if ``url`` answers 200 now (readiness checks of local services and workers)."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -237,11 +245,10 @@ class VictoriaMetrics(LocalService):
             f"-storageDataPath={self.workdir / 'data'}",
             "-search.latencyOffset=0s",
             "-dedup.minScrapeInterval=1ms",
+            # The default retention (one month) silently drops older points while answering 204.
+            "-retentionPeriod=100y",
             "-loggerLevel=WARN",
         ]
 
     def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.url}/health", timeout=0.5)

@@ -24,9 +24,11 @@ from sensors.publisher import DeviceFleet, MqttPublisher
 from sensors.simulator import Faults, Simulator
 from sensors.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
 from server.ingest import IngestWorker
-from server.localservices import Mosquitto, VictoriaMetrics, free_port
+from server.localservices import Mosquitto, VictoriaMetrics, free_port, http_ok
 from server.settings import Settings, StoreSettings
 from server.store import open_store
+from server.store.sqlite import row_counts
+from tests.store_fixtures import flush
 from tests.support import Collector, ingest_settings, wait_for
 
 V2 = mqtt.CallbackAPIVersion.VERSION2
@@ -42,11 +44,6 @@ def store_settings(backend: str, tmp_path: Path, victoria: VictoriaMetrics | Non
         return StoreSettings(backend="sqlite", sqlite_path=tmp_path / "vitals.sqlite")
     assert victoria is not None
     return StoreSettings(backend="influx", url=victoria.url, read_api="victoriametrics")
-
-
-def flush(store: object) -> None:
-    if hasattr(store, "flush"):
-        store.flush()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "victoriametrics"])
@@ -173,6 +170,10 @@ def stream(n: int, patients: int = 50) -> list[tuple[str, bytes]]:
     return out
 
 
+def metrics_up(port: int) -> bool:
+    return http_ok(f"http://127.0.0.1:{port}/metrics")
+
+
 def start_worker_process(settings: Settings, worker_id: str, metrics_port: int | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     env.update({
@@ -191,42 +192,35 @@ def start_worker_process(settings: Settings, worker_id: str, metrics_port: int |
     return subprocess.Popen(cmd, env=env)
 
 
-def sqlite_rows(path: Path) -> tuple[int, int]:
-    import sqlite3
-
-    with sqlite3.connect(path, timeout=30) as db:
-        total, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM vitals").fetchone()
-    return int(total), int(distinct)
-
-
 @pytest.mark.slow
 def test_kill_9_mid_stream_loses_and_doubles_nothing(broker: Mosquitto, tmp_path: Path) -> None:
     n = 100_000
     settings = ingest_settings(broker, tmp_path, worker_id="crash")
     db = settings.store.sqlite_path
     messages = stream(n)
-    worker = start_worker_process(settings, "crash")
+    port = free_port()
+    worker = start_worker_process(settings, "crash", port)
     try:
-        wait_for(lambda: db.exists(), 20, "the worker's store")
+        wait_for(lambda: metrics_up(port), 20, "the worker subscribed")
         pub = publisher(broker)
         sender = threading.Thread(target=lambda: [pub.publish(t, p) for t, p in messages])
         sender.start()
-        wait_for(lambda: sqlite_rows(db)[0] >= n // 4, 60, "a quarter of the stream stored", 0.02)
+        wait_for(lambda: row_counts(db)[0] >= n // 4, 60, "a quarter of the stream stored", 0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        killed_at = sqlite_rows(db)[0]
+        killed_at = row_counts(db)[0]
         assert killed_at < n  # really mid-stream
         time.sleep(1)  # the publisher keeps going while no worker runs: the broker queues for the session
         worker = start_worker_process(settings, "crash")
         sender.join(120)
-        pub.flush(60)
+        assert pub.flush(60), "the publisher did not get every PUBACK"
         pub.close()
-        wait_for(lambda: sqlite_rows(db)[0] >= n, 120, "the whole stream stored", 0.2)
+        wait_for(lambda: row_counts(db)[0] >= n, 120, f"the whole stream stored (killed at {killed_at})", 0.2)
         time.sleep(1.0)
     finally:
         worker.terminate()
         worker.wait(20)
-    assert sqlite_rows(db) == (n, n)
+    assert row_counts(db) == (n, n)
 
 
 @pytest.mark.slow
@@ -243,7 +237,7 @@ def test_two_workers_split_the_shared_subscription(broker: Mosquitto, tmp_path: 
 
     try:
         for port in ports:
-            wait_for(lambda p=port: _metrics_up(p), 20, "worker metrics")
+            wait_for(lambda p=port: metrics_up(p), 20, "worker metrics")
         pub = publisher(broker)
         for topic, payload in stream(n):
             pub.publish(topic, payload)
@@ -257,14 +251,7 @@ def test_two_workers_split_the_shared_subscription(broker: Mosquitto, tmp_path: 
             w.wait(20)
     assert sum(shares) == n  # none doubled
     assert min(shares) > n * 0.2  # really split
-    assert sqlite_rows(settings.store.sqlite_path) == (n, n)
-
-
-def _metrics_up(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    assert row_counts(settings.store.sqlite_path) == (n, n)
 
 
 def test_restart_rebuilds_live_context_from_the_store(broker: Mosquitto, tmp_path: Path) -> None:
@@ -312,14 +299,14 @@ def test_retired_worker_hands_its_share_back(broker: Mosquitto, tmp_path: Path) 
     pub.flush(10)
     time.sleep(1.0)
     db = settings_a.store.sqlite_path
-    assert 0 < sqlite_rows(db)[0] < len(first)  # part of the stream waits for the stopped worker
+    assert 0 < row_counts(db)[0] < len(first)  # part of the stream waits for the stopped worker
     IngestWorker(settings_b).retire(quiet_s=1.0)
-    assert sqlite_rows(db)[0] == len(first)  # the retired worker drained its queue
+    assert row_counts(db)[0] == len(first)  # the retired worker drained its queue
     for topic, payload in second:
         pub.publish(topic, payload)
     pub.flush(10)
     pub.close()
     try:
-        wait_for(lambda: sqlite_rows(db)[0] == 4000, 15, "the remaining worker to take the whole stream")
+        wait_for(lambda: row_counts(db)[0] == 4000, 15, "the remaining worker to take the whole stream")
     finally:
         a.stop()
