@@ -310,3 +310,41 @@ def test_retired_worker_hands_its_share_back(broker: Mosquitto, tmp_path: Path) 
         wait_for(lambda: row_counts(db)[0] == 4000, 15, "the remaining worker to take the whole stream")
     finally:
         a.stop()
+
+
+def test_store_outage_spools_to_disk_and_catches_up(broker: Mosquitto, tmp_path: Path) -> None:
+    """VictoriaMetrics really stopped: messages are acknowledged only once spooled, then written when it returns."""
+    vm_dir = tmp_path / "vm"
+    vm = VictoriaMetrics(vm_dir).start()
+    port = vm.port
+    settings = ingest_settings(
+        broker, tmp_path, StoreSettings(backend="influx", url=vm.url, read_api="victoriametrics"), worker_id="outage"
+    )
+    worker = IngestWorker(settings).start()
+    messages = stream(3000, patients=5)
+    pub = publisher(broker)
+    try:
+        for topic, payload in messages[:1000]:
+            pub.publish(topic, payload)
+        pub.flush(10)
+        wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 1000, 15, "first part")
+        vm.stop()
+        for topic, payload in messages[1000:]:
+            pub.publish(topic, payload)
+        pub.flush(10)
+        wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 3000, 30, "spooled")
+        assert worker.store.pending == 2000
+        assert worker.metrics.value("aegle_ingest_store_up") == 0
+        vm = VictoriaMetrics(vm_dir, port=port).start()  # same data, same address
+        wait_for(lambda: worker.store.pending == 0, 30, "the spool drained into the store")
+    finally:
+        pub.close()
+        worker.stop()
+    store = open_store(settings.store)
+    try:
+        flush(store)
+        got = [s for p in range(5) for s in store.query(f"enc-{p}", 0, to_ms(datetime.now(UTC)))]
+    finally:
+        store.close()
+        vm.stop()
+    assert len(got) == len({(s.patient_id, s.t_ms) for s in got}) == 3000
