@@ -90,17 +90,46 @@ def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
     return started
 
 
-def run_raw(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU microseconds per message of the publisher (this process), the broker and the receiving processes."""
+
+    def __init__(self, broker: Mosquitto, receivers: list[int]) -> None:
+        assert broker.process is not None
+        self.pids = {"publisher": os.getpid(), "broker": broker.process.pid}
+        self.receivers = receivers
+        self.start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        used["receiver"] = sum(cpu_seconds(pid) for pid in self.receivers)
+        return used
+
+    def per_message(self, n: int) -> dict[str, float]:
+        end = self._read()
+        return {name: (end[name] - self.start[name]) * 1e6 / n for name in end}
+
+
+def run_raw(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> tuple[float, dict[str, float]]:
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.ingest", "--raw-subscriber", str(broker.port), broker.users["aegle-bench"],
          str(len(messages))], stdout=subprocess.PIPE, text=True,
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
+    line = child.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"raw subscriber did not start: {line!r}, exit code {child.poll()}")
+    meter = CpuMeter(broker, [child.pid])
     started = publish_all(broker, messages)
     finished = float(child.stdout.readline())
+    cpu = meter.per_message(len(messages))
     child.wait(30)
-    return len(messages) / (finished - started)
+    return len(messages) / (finished - started), cpu
 
 
 ROWS_PER_MESSAGE = 3
@@ -134,8 +163,8 @@ def wait_stored(db: Path, messages: list[tuple[str, bytes]], timeout: float = 30
 
 def run_ingest(
     broker: Mosquitto, messages: list[tuple[str, bytes]], workdir: Path, run: int, workers: int
-) -> tuple[float, int, int]:
-    """One ingest phase with ``workers`` worker processes; returns (msgs/s, lost, duplicated)."""
+) -> tuple[float, dict[str, float], int, int]:
+    """One ingest phase with ``workers`` worker processes; returns (msgs/s, CPU µs/msg, lost, duplicated)."""
     db = workdir / f"vitals-{run}-{workers}.sqlite"
     env = dict(os.environ)
     env.update({
@@ -165,8 +194,10 @@ def run_ingest(
         finished: list[float] = []
         watcher = threading.Thread(target=lambda: finished.append(wait_stored(db, messages)), daemon=True)
         watcher.start()
+        meter = CpuMeter(broker, [p.pid for p in procs])
         started = publish_all(broker, messages)
         watcher.join(310)
+        cpu = meter.per_message(len(messages))
         time.sleep(0.5)  # anything doubled would show now
         rows, distinct = row_counts(db)
     finally:
@@ -177,7 +208,7 @@ def run_ingest(
     if not finished:
         raise RuntimeError("ingest did not finish")
     expected_rows = len(messages) * ROWS_PER_MESSAGE
-    return len(messages) / (finished[0] - started), len(messages) - distinct, max(0, rows - expected_rows)
+    return len(messages) / (finished[0] - started), cpu, len(messages) - distinct, max(0, rows - expected_rows)
 
 
 def main() -> None:
@@ -195,16 +226,20 @@ def main() -> None:
     runs = args.runs or (3 if args.quick else 5)
     messages = payloads(n)
     rates: dict[str, list[float]] = {"raw": [], "ingest": [], "ingest_2w": []}
+    cpu: dict[str, list[dict[str, float]]] = {k: [] for k in rates}
     lost = duplicated = 0
     with tempfile.TemporaryDirectory(prefix="aegle-bench-") as tmp:
         broker = Mosquitto(Path(tmp) / "mosquitto", service_users=USERS)
         broker.add_users(list(USERS))
         with broker:
             for run in range(runs):
-                rates["raw"].append(run_raw(broker, messages))
+                rate, used = run_raw(broker, messages)
+                rates["raw"].append(rate)
+                cpu["raw"].append(used)
                 for key, workers in (("ingest", 1), ("ingest_2w", 2)):
-                    rate, run_lost, run_dup = run_ingest(broker, messages, Path(tmp), run, workers)
+                    rate, used, run_lost, run_dup = run_ingest(broker, messages, Path(tmp), run, workers)
                     rates[key].append(rate)
+                    cpu[key].append(used)
                     lost += run_lost
                     duplicated += run_dup
                 print(f"run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:,.0f} msg/s" for k, v in rates.items()),
@@ -219,6 +254,10 @@ def main() -> None:
         "ratio_2_workers": round(median["ingest_2w"] / median["raw"], 3),
         "lost": lost, "duplicated": duplicated,
         "runs_msgs_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
+        # CPU per message (median over runs): "receiver" is the raw subscriber or the ingest worker(s).
+        "cpu_us_per_msg": {
+            k: {name: round(statistics.median(run[name] for run in v), 1) for name in v[0]} for k, v in cpu.items()
+        },
     }))
 
 
