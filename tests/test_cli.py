@@ -1,0 +1,43 @@
+"""The ``aegle`` command line as an operator uses it: the demo, and reading vitals and context from a store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sensors.vitals import Sample, to_ms
+from server.store.sqlite import SQLiteStore
+
+
+def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    done = aegle("demo", "--duration", "6", "--patients", "2", "--workdir", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert "enc-0001" in done.stdout and "enc-0002" in done.stdout
+    assert "read back from the store: heart_rate=" in done.stdout
+    assert (tmp_path / "demo" / "vitals.sqlite").exists()
+
+
+def test_context_and_vitals_from_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "vitals.sqlite"
+    t0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+    with SQLiteStore(db) as store:
+        store.write([Sample("enc-9", "ward-1", "mon-9", "8867-4", to_ms(t0 + timedelta(seconds=i)), 80 + i, f"m{i}")
+                     for i in range(10)])
+    env = {"AEGLE_STORE__SQLITE_PATH": str(db)}
+    done = aegle("context", "enc-9", "--at", "2026-11-21T10:00:09Z", env=env)
+    assert done.returncode == 0, done.stderr
+    ctx = json.loads(done.stdout)
+    assert ctx["levels"]["heart_rate"] == 84.5 and ctx["ages_s"]["heart_rate"] == 0
+    done = aegle("vitals", "enc-9", "--from", "2026-11-21T10:00:02Z", "--to", "2026-11-21T10:00:04Z", env=env)
+    assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == [82, 83, 84]
+    naive = aegle("context", "enc-9", "--at", "2026-11-21T10:00:09", env=env)
+    assert naive.returncode == 2 and "no UTC offset" in naive.stderr
