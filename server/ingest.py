@@ -100,6 +100,8 @@ class IngestWorker:
         self._subscribed = threading.Event()
         self._dirty: set[str] = set()
         self._writer: threading.Thread | None = None
+        self._done = threading.Event()
+        self.failed: BaseException | None = None
         self._last_message = 0.0
         self.client = self._make_client()
 
@@ -190,6 +192,7 @@ class IngestWorker:
         self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.store.close()
+        self.store.store.close()
 
     def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> None:
         """Take a worker out of service for good without losing its share of the stream.
@@ -208,18 +211,32 @@ class IngestWorker:
         self.stop(end_session=True)
 
     def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT (the CLI's ``aegle ingest``)."""
-        done = threading.Event()
+        """Run until SIGTERM or SIGINT (the CLI's ``aegle ingest``); exit non-zero if the writer failed."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: done.set())
+            signal.signal(sig, lambda *_: self._done.set())
         self.start()
         log.info("ingesting; metrics on port %s", self.settings.ingest.metrics_port)
-        done.wait()
+        self._done.wait()
         self.stop()
+        if self.failed is not None:
+            raise SystemExit(1)
 
     # --- processing -------------------------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        """Run the batches; on an unexpected error, stop for good (fail-stop) rather than hang half-alive.
+
+        Nothing is lost by stopping: what was not acknowledged is redelivered to the restarted worker.
+        """
+        try:
+            self._batches()
+        except BaseException as exc:
+            self.failed = exc
+            log.critical("ingest writer stopped on an unexpected error: %s", type(exc).__name__, exc_info=exc)
+            self._running.clear()
+            self._done.set()
+
+    def _batches(self) -> None:
         cfg = self.settings.ingest
         next_context = time.monotonic() + cfg.context_publish_interval_s
         while self._running.is_set() or self._inbox:
@@ -228,7 +245,7 @@ class IngestWorker:
             while self._inbox:
                 self._process(self._take(cfg.batch_size))
             if self.store.pending:
-                self.store.drain(max_batches=5)
+                self.store.drain_when_due(max_batches=5)
                 self.metrics.spool.set(self.store.pending)
             if time.monotonic() >= next_context or not self._running.is_set():
                 self._publish_contexts()
@@ -255,16 +272,25 @@ class IngestWorker:
             except (VitalsRejected, ValueError) as exc:
                 letters.append(self._deadletter(item, exc, now))
         self._persist(samples)
-        for info in letters:
-            info.wait_for_publish(30)
+        letters_safe = all(self._confirmed(info) for info in letters)
         self._dirty |= self.cache.add(samples)
         connection = self._connection
-        self._ack([item.mid for item in batch if item.connection == connection])
+        if letters_safe:  # otherwise the batch comes again: samples are idempotent, letters at least once
+            self._ack([item.mid for item in batch if item.connection == connection])
         self.metrics.messages.labels("accepted").inc(len(batch) - len(letters))
         self.metrics.messages.labels("rejected").inc(len(letters))
         self.metrics.samples.inc(len(samples))
         self.metrics.inbox.set(len(self._inbox))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _confirmed(info: mqtt.MQTTMessageInfo, timeout: float = 30.0) -> bool:
+        """True once the broker acknowledged a dead letter."""
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # not connected
+            return False
+        return info.is_published()
 
     def _ack(self, mids: list[int]) -> None:
         """Acknowledge a batch with one write: MQTT v5 allows a 4-byte PUBACK (success, no properties).

@@ -178,6 +178,10 @@ class BufferedStore:
                 batches += 1
         return moved
 
+    def drain_when_due(self, max_batches: int | None = None) -> int:
+        """:meth:`drain`, unless the last store failure is less than ``retry_interval_s`` ago."""
+        return self.drain(max_batches) if self.spool and self._due() else 0
+
     def close(self) -> None:
         """Close the spool (the wrapped store is closed by its owner)."""
         self.spool.close()
