@@ -1,0 +1,281 @@
+"""Image-quality metrics with explicit conventions (numpy/scipy only, no torch).
+
+Conventions shared by every function here:
+
+* Inputs are 2-D grayscale arrays (H×W) or channel-last colour/multichannel arrays (H×W×C).
+  A 3-D array is always read as H×W×C; volumes must be passed slice by slice.
+* Integer or floating inputs are accepted; everything is computed in float64 (so 12/16-bit and
+  signed Hounsfield-unit data never overflow). Booleans, complex and non-numeric dtypes are rejected.
+* ``data_range`` (max − min of the *possible* values, e.g. 4095 for 12-bit, 2000 for a −1000..1000 HU
+  window) is always supplied by the caller; it is never guessed from the dtype.
+* Invalid input raises :class:`ValueError` whose message names the problem
+  (shape mismatch, empty array, NaN/inf, non-numeric dtype, data_range <= 0, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+__all__ = [
+    "METRICS",
+    "compute",
+    "mean_gradient",
+    "mutual_information",
+    "ncc",
+    "normalized_mutual_information",
+    "psnr",
+    "spatial_frequency",
+    "ssim",
+]
+
+FloatArray = NDArray[np.float64]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_image(x: ArrayLike, name: str) -> FloatArray:
+    """Validate one image and return it as a float64 array."""
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name}: non-numeric dtype {arr.dtype}; expected an integer or floating-point image")
+    if arr.size == 0:
+        raise ValueError(f"{name}: empty array (shape {arr.shape})")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a 2-D (H×W) or 3-D channel-last (H×W×C) image, got ndim={arr.ndim}")
+    out = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name}: contains NaN or inf values")
+    return out
+
+
+def _pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str] = ("reference", "test")) -> tuple[FloatArray, FloatArray]:
+    x = _as_image(a, names[0])
+    y = _as_image(b, names[1])
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch: {names[0]} has shape {x.shape}, {names[1]} has shape {y.shape}")
+    return x, y
+
+
+def _check_range(data_range: float) -> float:
+    try:
+        r = float(data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}") from None
+    if not math.isfinite(r) or r <= 0:
+        raise ValueError(f"data_range must be a positive finite number (data_range <= 0 or non-finite), got {r}")
+    return r
+
+
+def _channels(img: FloatArray) -> list[FloatArray]:
+    return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[-1])]
+
+
+# --------------------------------------------------------------------------- full-reference metrics
+
+
+def psnr(reference: ArrayLike, test: ArrayLike, data_range: float) -> float:
+    """Peak signal-to-noise ratio in dB: ``10·log10(data_range² / MSE)``.
+
+    MSE is the mean over all pixels (and channels). ``data_range`` is required. Identical images
+    return ``+inf``. Same convention as ``skimage.metrics.peak_signal_noise_ratio``.
+    """
+    x, y = _pair(reference, test)
+    r = _check_range(data_range)
+    mse = float(np.mean((x - y) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return float(10.0 * np.log10(r * r / mse))
+
+
+def ssim(
+    reference: ArrayLike,
+    test: ArrayLike,
+    data_range: float,
+    *,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float:
+    """Mean structural similarity (Wang et al. 2004), Gaussian-weighted.
+
+    Convention (identical to ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=data_range)``):
+
+    * local statistics from a Gaussian window, σ=1.5 truncated at 3.5σ → 11×11 taps;
+    * population (biased) local variances/covariance;
+    * ``C1=(K1·L)²``, ``C2=(K2·L)²`` with K1=0.01, K2=0.03, L=data_range;
+    * filtering uses ``mode='reflect'`` borders, then the SSIM map is cropped by the window radius
+      (5 px for σ=1.5) on every side, so the mean is over the valid region only;
+    * H×W×C input: SSIM per channel, then the mean over channels.
+
+    Both spatial sides must be at least the window size (11 for σ=1.5).
+    """
+    x, y = _pair(reference, test)
+    r = _check_range(data_range)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    truncate = 3.5
+    radius = int(truncate * sigma + 0.5)
+    win = 2 * radius + 1
+    if min(x.shape[0], x.shape[1]) < win:
+        raise ValueError(f"image too small for SSIM: spatial shape {x.shape[:2]}, window is {win}×{win}")
+    c1 = (k1 * r) ** 2
+    c2 = (k2 * r) ** 2
+
+    def filt(z: FloatArray) -> FloatArray:
+        return ndimage.gaussian_filter(z, sigma=sigma, truncate=truncate, mode="reflect")
+
+    values = []
+    for xc, yc in zip(_channels(x), _channels(y), strict=True):
+        ux, uy = filt(xc), filt(yc)
+        vx = filt(xc * xc) - ux * ux
+        vy = filt(yc * yc) - uy * uy
+        vxy = filt(xc * yc) - ux * uy
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        values.append(float(s[radius:-radius, radius:-radius].mean()))
+    return float(np.mean(values))
+
+
+def ncc(a: ArrayLike, b: ArrayLike) -> float:
+    """Normalised cross-correlation = Pearson correlation of all pixel values, in [-1, 1].
+
+    Global (not windowed), zero-mean and unit-variance normalised; equals ``np.corrcoef(a.ravel(), b.ravel())[0, 1]``.
+    Invariant to positive affine intensity changes (``ncc(a, 2a+3) == 1``).
+    A constant image has zero variance, so NCC is undefined: this raises ``ValueError``.
+    """
+    x, y = _pair(a, b, ("a", "b"))
+    xd = x.ravel() - x.mean()
+    yd = y.ravel() - y.mean()
+    nx = float(np.sqrt(np.dot(xd, xd)))
+    ny = float(np.sqrt(np.dot(yd, yd)))
+    for name, n in (("a", nx), ("b", ny)):
+        if n == 0.0:
+            raise ValueError(f"ncc undefined: {name} is a constant image (zero variance)")
+    return float(np.clip(np.dot(xd, yd) / (nx * ny), -1.0, 1.0))
+
+
+def _entropy(p: FloatArray) -> float:
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def _joint_hist(a: ArrayLike, b: ArrayLike, bins: int) -> FloatArray:
+    x, y = _pair(a, b, ("a", "b"))
+    if not isinstance(bins, (int, np.integer)) or isinstance(bins, bool) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    # Each axis spans its own image's [min, max] with `bins` equal-width bins (np.histogram2d default).
+    hist, _, _ = np.histogram2d(x.ravel(), y.ravel(), bins=int(bins))
+    return hist / hist.sum()
+
+
+def mutual_information(a: ArrayLike, b: ArrayLike, bins: int = 256) -> float:
+    """Mutual information in **nats** (natural log) from a joint histogram.
+
+    ``MI = H(A) + H(B) − H(A,B)`` with ``H(p) = −Σ p·ln p``, where p is the normalised ``bins×bins``
+    joint histogram; each axis uses ``bins`` equal-width bins over that image's own [min, max].
+    ``MI(a, a)`` equals the entropy of a's ``bins``-bin histogram; independent images give ≈ 0
+    (plus a small positive finite-sample bias). Divide by ``ln 2`` for bits.
+    """
+    p = _joint_hist(a, b, bins)
+    return _entropy(p.sum(axis=1)) + _entropy(p.sum(axis=0)) - _entropy(p.ravel())
+
+
+def normalized_mutual_information(a: ArrayLike, b: ArrayLike, bins: int = 100) -> float:
+    """Studholme normalised MI: ``(H(A) + H(B)) / H(A,B)``, in [1, 2] (unitless).
+
+    Same definition and binning as ``skimage.metrics.normalized_mutual_information(a, b, bins=bins)``
+    (which also defaults to 100 bins). Returns 1.0 for the degenerate case where both images
+    are constant (H(A,B) = 0).
+    """
+    p = _joint_hist(a, b, bins)
+    h_joint = _entropy(p.ravel())
+    if h_joint == 0.0:
+        return 1.0
+    return (_entropy(p.sum(axis=1)) + _entropy(p.sum(axis=0))) / h_joint
+
+
+# --------------------------------------------------------------------------- no-reference metrics
+
+
+def spatial_frequency(img: ArrayLike) -> float:
+    """Spatial frequency ``SF = sqrt(RF² + CF²)`` (Eskicioglu & Fisher 1995).
+
+    ``RF² = mean((I[i, j] − I[i, j−1])²)`` over the M·(N−1) horizontal first differences,
+    ``CF² = mean((I[i, j] − I[i−1, j])²)`` over the (M−1)·N vertical first differences, i.e. each sum
+    is divided by its own number of differences (not by M·N). H×W×C: mean of per-channel SF.
+    Requires at least 2 rows and 2 columns. In the image's intensity units.
+    """
+    x = _as_image(img, "img")
+    if x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(f"spatial_frequency needs at least 2×2 pixels, got spatial shape {x.shape[:2]}")
+    vals = []
+    for c in _channels(x):
+        rf2 = float(np.mean(np.diff(c, axis=1) ** 2))
+        cf2 = float(np.mean(np.diff(c, axis=0) ** 2))
+        vals.append(math.sqrt(rf2 + cf2))
+    return float(np.mean(vals))
+
+
+def mean_gradient(img: ArrayLike) -> float:
+    """Average gradient ``AG = mean(sqrt((dx² + dy²) / 2))``.
+
+    Forward differences ``dx = I[i, j+1] − I[i, j]``, ``dy = I[i+1, j] − I[i, j]`` evaluated on the
+    (M−1)×(N−1) grid where both exist (last row/column dropped), averaged over those positions.
+    H×W×C: mean of per-channel AG. Requires at least 2 rows and 2 columns. In the image's intensity units.
+    """
+    x = _as_image(img, "img")
+    if x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(f"mean_gradient needs at least 2×2 pixels, got spatial shape {x.shape[:2]}")
+    vals = []
+    for c in _channels(x):
+        dx = c[:-1, 1:] - c[:-1, :-1]
+        dy = c[1:, :-1] - c[:-1, :-1]
+        vals.append(float(np.mean(np.sqrt((dx * dx + dy * dy) / 2.0))))
+    return float(np.mean(vals))
+
+
+# --------------------------------------------------------------------------- registry
+
+Metric = Callable[[ArrayLike, ArrayLike, float], float]
+
+
+def _no_reference(fn: Callable[[ArrayLike], float]) -> Metric:
+    def metric(reference: ArrayLike, test: ArrayLike, data_range: float) -> float:
+        _pair(reference, test)
+        return fn(test)
+
+    metric.__doc__ = f"{fn.__name__} of the *test* image (no-reference metric)."
+    return metric
+
+
+METRICS: dict[str, Metric] = {
+    "psnr": psnr,
+    "ssim": ssim,
+    "ncc": lambda r, t, _d: ncc(r, t),
+    "mi": lambda r, t, _d: mutual_information(r, t),
+    "nmi": lambda r, t, _d: normalized_mutual_information(r, t),
+    "spatial_frequency": _no_reference(spatial_frequency),
+    "mean_gradient": _no_reference(mean_gradient),
+}
+"""Uniform ``(reference, test, data_range) -> float`` callables by name. No-reference metrics
+(``spatial_frequency``, ``mean_gradient``) are evaluated on ``test``; ``data_range`` is ignored by the
+metrics that do not use it."""
+
+
+def compute(names: Iterable[str], reference: ArrayLike, test: ArrayLike, data_range: float) -> dict[str, float]:
+    """Evaluate the named metrics (keys of :data:`METRICS`) and return ``{name: value}`` in the given order.
+
+    Unknown names raise ``ValueError`` before anything is computed; ``data_range`` is always validated.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric name(s) {unknown}; available: {sorted(METRICS)}")
+    _check_range(data_range)
+    return {n: float(METRICS[n](reference, test, data_range)) for n in names}
