@@ -1,0 +1,341 @@
+"""Context-conditioned enhancer (super-resolution + denoising) and its hybrid discriminator.
+
+After the residual-attention medical-image enhancement paper, with a few cheap-inference choices:
+
+* :class:`ResidualAttentionBlock` — ``Y = X + A ⊙ (W ∗ X)``, ``A = σ(Conv(X))`` (sigmoid gate, same shape
+  as the features, one 3×3 conv for ``W`` and one for the gate);
+* :class:`MultiScaleBlock` — three parallel 3×3 convolutions with dilation 1, 2, 3 (receptive fields 3, 5,
+  7: the paper's 3/5/7 kernels at the cost of 3×3 ones), each followed by LeakyReLU(0.2), fused as
+  ``Σ_k λ_k · branch_k(X)`` with ``λ = softmax(fusion_logits)`` (learned, normalised over k);
+* :class:`AdaptiveModule` — ``Y = X + α · F(X)`` with ``F`` = multi-scale block + 1×1 projection and ``α``
+  produced from the sensor context by :class:`ContextMLP` (``α = 2·σ(·)`` ∈ (0, 2), ONE α PER SAMPLE AND
+  PER BLOCK); ``conditioning="film"`` replaces it by ``Y = X + γ ⊙ F(X) + β`` (per channel, ``γ = 1 + Δγ``),
+  ``"none"`` by ``Y = X + F(X)`` (the context is then ignored);
+* upsampling late, at the end of the low-resolution trunk: sub-pixel convolution (PixelShuffle, default) or
+  the paper's transposed convolution (kernel 4, stride 2: kernel divisible by stride, no checkerboard), one
+  ×2 stage per octave;
+* global residual: ``output = bicubic_upsample(input) + learned residual``, NOT clamped (clamping would zero
+  the gradient of pixels at 0 or 1; clamp before display or DICOM write — or pass ``clamp=True``).
+
+The forward pass has no data-dependent Python control flow; batch and spatial size are free (ONNX dynamic
+axes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sensors.context import CONTEXT_SIZE
+
+SCALES: tuple[int, ...] = (1, 2, 4)
+UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
+CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none")
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2, inplace=True)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """``Y = X + A ⊙ (W ∗ X)`` with ``A = σ(gate ∗ X)``; ``body`` is ``W``, ``gate`` the gate conv."""
+
+    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.gate = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def attention(self, x: Tensor) -> Tensor:
+        """The gate ``A = σ(Conv(X))``, in (0, 1), shaped like ``x``."""
+        return torch.sigmoid(self.gate(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.attention(x) * self.body(x)
+
+
+class MultiScaleBlock(nn.Module):
+    """``Σ_k λ_k · LeakyReLU(Conv3×3_{dilation d_k}(X))``, ``λ = softmax(fusion_logits)`` over the branches.
+
+    Dilations ``(1, 2, 3)`` give receptive fields 3, 5 and 7 at the cost of 3×3 convolutions.
+    """
+
+    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 3)) -> None:
+        super().__init__()
+        self.dilations = tuple(dilations)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), _act()) for d in self.dilations
+        )
+        #: Learned fusion logits; the weights actually applied are :attr:`weights` (their softmax).
+        self.fusion_logits = nn.Parameter(torch.zeros(len(self.dilations)))
+
+    @property
+    def weights(self) -> Tensor:
+        """λ_k = softmax(fusion_logits)_k (non-negative, sum to 1)."""
+        return torch.softmax(self.fusion_logits, dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lam = self.weights
+        out = lam[0] * self.branches[0](x)
+        for k in range(1, len(self.branches)):
+            out = out + lam[k] * self.branches[k](x)
+        return out
+
+
+class AdaptiveModule(nn.Module):
+    """``Y = X + α · F(X)`` (``"alpha"``), ``X + γ ⊙ F(X) + β`` (``"film"``) or ``X + F(X)`` (``"none"``).
+
+    ``F`` is a :class:`MultiScaleBlock` followed by a 1×1 projection. ``modulation`` comes from
+    :class:`ContextMLP`: N×1 (α ≥ 0) for ``"alpha"``, N×2C (Δγ, β; γ = 1 + Δγ) for ``"film"``, ignored
+    (may be None) for ``"none"``.
+    """
+
+    def __init__(self, channels: int, conditioning: str = "alpha") -> None:
+        super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        self.channels = channels
+        self.conditioning = conditioning
+        self.multiscale = MultiScaleBlock(channels)
+        self.project = nn.Conv2d(channels, channels, 1)
+
+    def residual(self, x: Tensor) -> Tensor:
+        """``F(X)``."""
+        return self.project(self.multiscale(x))
+
+    def forward(self, x: Tensor, modulation: Tensor | None = None) -> Tensor:
+        f = self.residual(x)
+        if self.conditioning == "none":
+            return x + f
+        if modulation is None:
+            raise ValueError(f"conditioning {self.conditioning!r} needs a modulation tensor")
+        if self.conditioning == "alpha":
+            return x + modulation.reshape(-1, 1, 1, 1) * f
+        gamma = 1.0 + modulation[:, : self.channels, None, None]
+        beta = modulation[:, self.channels :, None, None]
+        return x + gamma * f + beta
+
+
+class ContextMLP(nn.Module):
+    """Context vector (N×``context_size``) → per-block modulation: ``Linear → SiLU → Linear``.
+
+    ``"alpha"``: N×``n_blocks`` values ``α = 2·σ(logit)`` ∈ (0, 2) (1 when the logit is 0).
+    ``"film"``: N×``n_blocks``×2C raw (Δγ, β) pairs.
+    """
+
+    def __init__(self, context_size: int, n_blocks: int, channels: int, conditioning: str, hidden: int = 64) -> None:
+        super().__init__()
+        if conditioning not in ("alpha", "film"):
+            raise ValueError(f"ContextMLP serves 'alpha' or 'film' conditioning, got {conditioning!r}")
+        self.conditioning = conditioning
+        self.n_blocks = n_blocks
+        self.per_block = 1 if conditioning == "alpha" else 2 * channels
+        self.hidden = nn.Linear(context_size, hidden)
+        self.out = nn.Linear(hidden, n_blocks * self.per_block)
+
+    def forward(self, context: Tensor) -> Tensor:
+        raw = self.out(F.silu(self.hidden(context)))
+        if self.conditioning == "alpha":
+            return 2.0 * torch.sigmoid(raw)
+        return raw.reshape(-1, self.n_blocks, self.per_block)
+
+
+class EnhancerBlock(nn.Module):
+    """One trunk block: residual attention, then the context-adaptive multi-scale module."""
+
+    def __init__(self, channels: int, conditioning: str) -> None:
+        super().__init__()
+        self.attention = ResidualAttentionBlock(channels)
+        self.adaptive = AdaptiveModule(channels, conditioning)
+
+    def forward(self, x: Tensor, modulation: Tensor | None) -> Tensor:
+        return self.adaptive(self.attention(x), modulation)
+
+
+def _upsampler(kind: str, channels: int, scale: int, transposed_kernel: int) -> nn.Sequential:
+    """One ×2 stage per octave of ``scale`` (empty for scale 1)."""
+    stages: list[nn.Module] = []
+    for _ in range({1: 0, 2: 1, 4: 2}[scale]):
+        if kind == "pixelshuffle":
+            stages += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2), _act()]
+        else:
+            # Output (H−1)·2 − 2p + k = 2H with p = (k − 2)/2; k divisible by the stride avoids checkerboards.
+            stages += [
+                nn.ConvTranspose2d(
+                    channels, channels, transposed_kernel, stride=2, padding=(transposed_kernel - 2) // 2
+                ),
+                _act(),
+            ]
+    return nn.Sequential(*stages)
+
+
+class ContextEnhancer(nn.Module):
+    """Super-resolution + denoising generator conditioned on the sensor context.
+
+    Input: ``x`` float N×C×H×W in [0, 1] — the caller windows / normalises 12/16-bit, HU or 8-bit data first
+    (and maps back afterwards); ``context`` N×``context_size`` (:data:`sensors.context.CONTEXT_SIZE`) or
+    None, which means zeros ("no context": every vital missing — what the blind baseline gets).
+    Output: N×C×(scale·H)×(scale·W) = bicubic(x) + learned residual, not clamped unless ``clamp=True``.
+
+    Args:
+        in_channels: 1 (grey-level, native) or 3 (RGB fundus); the output has the same channels.
+        scale: 1 (denoise / deblur only), 2 or 4.
+        channels: trunk width (features at the LOW resolution).
+        n_blocks: number of :class:`EnhancerBlock` s (attention + adaptive multi-scale).
+        upsampler: ``"pixelshuffle"`` (sub-pixel conv) or ``"transposed"`` (the paper's transposed conv).
+        conditioning: ``"alpha"`` (one α per sample and block), ``"film"`` (per-channel γ, β) or ``"none"``.
+        context_size: length of the context vector.
+        context_hidden: hidden width of the context MLP.
+        transposed_kernel: kernel of the transposed conv (stride 2), must be even (divisible by the stride).
+        clamp: clamp the output to [0, 1] (off by default: keeps gradients at the range ends).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        scale: int = 2,
+        channels: int = 32,
+        n_blocks: int = 4,
+        upsampler: str = "pixelshuffle",
+        conditioning: str = "alpha",
+        context_size: int = CONTEXT_SIZE,
+        context_hidden: int = 64,
+        transposed_kernel: int = 4,
+        clamp: bool = False,
+    ) -> None:
+        super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        if transposed_kernel < 2 or transposed_kernel % 2:
+            raise ValueError(f"transposed_kernel must be even (divisible by stride 2), got {transposed_kernel}")
+        if in_channels < 1 or channels < 1 or n_blocks < 1:
+            raise ValueError("in_channels, channels and n_blocks must be positive")
+        self.in_channels = in_channels
+        self.scale = scale
+        self.channels = channels
+        self.n_blocks = n_blocks
+        self.upsampler_kind = upsampler
+        self.conditioning = conditioning
+        self.context_size = context_size
+        self.clamp = clamp
+
+        self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(EnhancerBlock(channels, conditioning) for _ in range(n_blocks))
+        self.trunk_tail = nn.Conv2d(channels, channels, 3, padding=1)
+        self.context_mlp = (
+            ContextMLP(context_size, n_blocks, channels, conditioning, context_hidden)
+            if conditioning != "none"
+            else None
+        )
+        self.upsample = _upsampler(upsampler, channels, scale, transposed_kernel)
+        self.tail = nn.Conv2d(channels, in_channels, 3, padding=1)
+        with torch.no_grad():  # start close to the bicubic baseline
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    def _context(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if context is None:
+            return x.new_zeros((x.shape[0], self.context_size))
+        if context.dim() != 2 or context.shape[1] != self.context_size:
+            raise ValueError(f"context must be N×{self.context_size}, got {tuple(context.shape)}")
+        return context.to(dtype=x.dtype)
+
+    def modulation(self, context: Tensor) -> Tensor | None:
+        """The context MLP's output: N×n_blocks α (``"alpha"``), N×n_blocks×2C (``"film"``), None (``"none"``)."""
+        return None if self.context_mlp is None else self.context_mlp(context)
+
+    def alphas(self, context: Tensor | None, x: Tensor | None = None) -> Tensor:
+        """α per sample and block (N×n_blocks) for ``"alpha"`` conditioning; ``context=None`` means zeros."""
+        if self.conditioning != "alpha":
+            raise ValueError(f"alphas() needs conditioning='alpha', this model uses {self.conditioning!r}")
+        ref = x if x is not None else torch.zeros(1 if context is None else context.shape[0], 1)
+        out = self.modulation(self._context(ref, context))
+        assert out is not None
+        return out
+
+    def base(self, x: Tensor) -> Tensor:
+        """The global-residual base: bicubic upsampling of the input (the input itself for scale 1)."""
+        if self.scale == 1:
+            return x
+        return F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        mod = self.modulation(self._context(x, context))
+        feats = self.head(x)
+        h = feats
+        for i, block in enumerate(self.blocks):
+            h = block(h, None if mod is None else mod[:, i])
+        h = self.trunk_tail(h) + feats
+        out = self.base(x) + self.tail(self.upsample(h))
+        if self.clamp:
+            out = out.clamp(0.0, 1.0)
+        return out
+
+
+@dataclass(frozen=True)
+class DiscriminatorOutput:
+    """Logits of :class:`HybridDiscriminator`: ``combined = α·mean(patch) + β·global_``."""
+
+    patch: Tensor  # N×1×h×w
+    global_: Tensor  # N×1
+    combined: Tensor  # N×1
+
+
+class HybridDiscriminator(nn.Module):
+    """PatchGAN (pix2pix 70×70 layout, no batch norm) plus a global branch on the same features.
+
+    ``patch``: per-patch logits from a 4×4 conv on the last feature map. ``global_``: global average pool of
+    that feature map → linear. ``combined = alpha·mean_hw(patch) + beta·global_`` (raw logits: use with a
+    logits-based loss). Spectral norm on every conv / linear layer by default (stabilises the logit scale in
+    place of batch norm). Patch map size: 64×64 → 6×6, 128×128 → 14×14 (with ``n_layers=3``).
+
+    Args:
+        in_channels: image channels (1 or 3).
+        base_channels: width of the first conv (doubled per layer, capped at 8×).
+        n_layers: stride-2 layers (receptive field 70 px for 3).
+        alpha, beta: weights of the patch mean and of the global logit (0.5 / 0.5: the mean of two logits on
+            the same scale — neither local texture nor global realism dominates by default).
+        spectral_norm: wrap convs and the linear layer in spectral normalisation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        n_layers: int = 3,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError("n_layers must be >= 1")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+        def sn(m: nn.Module) -> nn.Module:
+            return nn.utils.parametrizations.spectral_norm(m) if spectral_norm else m
+
+        layers: list[nn.Module] = [sn(nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1)), _act()]
+        width = base_channels
+        for i in range(1, n_layers + 1):
+            nxt = base_channels * min(2**i, 8)
+            stride = 2 if i < n_layers else 1
+            layers += [sn(nn.Conv2d(width, nxt, 4, stride=stride, padding=1)), _act()]
+            width = nxt
+        self.features = nn.Sequential(*layers)
+        self.patch_head = sn(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        self.global_head = sn(nn.Linear(width, 1))
+
+    def forward(self, x: Tensor) -> DiscriminatorOutput:
+        feats = self.features(x)
+        patch = self.patch_head(feats)
+        global_ = self.global_head(feats.mean(dim=(2, 3)))
+        combined = self.alpha * patch.mean(dim=(2, 3)) + self.beta * global_
+        return DiscriminatorOutput(patch=patch, global_=global_, combined=combined)

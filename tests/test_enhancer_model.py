@@ -1,0 +1,255 @@
+"""ContextEnhancer and HybridDiscriminator: shapes, the paper's formulas on hand-set weights, conditioning."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from gan.models import build  # noqa: E402
+from gan.models.enhancer import (  # noqa: E402
+    AdaptiveModule,
+    ContextEnhancer,
+    DiscriminatorOutput,
+    HybridDiscriminator,
+    MultiScaleBlock,
+    ResidualAttentionBlock,
+)
+from sensors.context import CONTEXT_SIZE  # noqa: E402
+
+MAX_PARAMS = 1_500_000
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "transposed"])
+def test_output_shapes(scale: int, in_channels: int, upsampler: str) -> None:
+    model = ContextEnhancer(in_channels=in_channels, scale=scale, upsampler=upsampler).eval()
+    x = torch.rand(3, in_channels, 20, 34)  # odd batch, non-square
+    with torch.no_grad():
+        out = model(x, torch.randn(3, CONTEXT_SIZE))
+        blind = model(x)
+    assert out.shape == (3, in_channels, 20 * scale, 34 * scale)
+    assert blind.shape == out.shape
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_parameter_count(scale: int) -> None:
+    count = n_params(ContextEnhancer(scale=scale))
+    print(f"ContextEnhancer(scale={scale}) parameters: {count}")
+    assert 50_000 < count < MAX_PARAMS
+
+
+def test_dynamic_batch_and_size_same_model() -> None:
+    model = ContextEnhancer(scale=2).eval()
+    with torch.no_grad():
+        for n, h, w in [(1, 16, 16), (5, 17, 23), (2, 40, 12)]:
+            assert model(torch.rand(n, 1, h, w), torch.rand(n, CONTEXT_SIZE)).shape == (n, 1, 2 * h, 2 * w)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        ContextEnhancer(scale=3)
+    with pytest.raises(ValueError):
+        ContextEnhancer(upsampler="nearest")
+    with pytest.raises(ValueError):
+        ContextEnhancer(conditioning="concat")
+    with pytest.raises(ValueError):
+        ContextEnhancer(upsampler="transposed", transposed_kernel=3)
+    with pytest.raises(ValueError):
+        ContextEnhancer()(torch.rand(2, 1, 8, 8), torch.rand(2, CONTEXT_SIZE + 1))
+
+
+def test_attention_gating_formula() -> None:
+    c = 4
+    block = ResidualAttentionBlock(c)
+    with torch.no_grad():
+        block.gate.weight.zero_()
+        block.gate.bias.zero_()  # σ(0) = 0.5 everywhere
+        block.body.weight.zero_()
+        for i in range(c):
+            block.body.weight[i, i, 1, 1] = 2.0  # W ∗ X = 2·X (identity-like kernel)
+        block.body.bias.fill_(0.25)
+    x = torch.randn(2, c, 6, 7)
+    y = block(x)
+    assert torch.allclose(block.attention(x), torch.full_like(x, 0.5))
+    assert torch.allclose(y, x + 0.5 * (2.0 * x + 0.25), atol=1e-6)
+
+    # A gate that depends on X: bias −∞-like on channel 0 closes it, +∞-like on channel 1 opens it fully.
+    with torch.no_grad():
+        block.gate.bias.copy_(torch.tensor([-50.0, 50.0, 0.0, 0.0]))
+    y = block(x)
+    wx = 2.0 * x + 0.25
+    assert torch.allclose(y[:, 0], x[:, 0], atol=1e-6)
+    assert torch.allclose(y[:, 1], x[:, 1] + wx[:, 1], atol=1e-6)
+    # General case against the formula computed independently.
+    block = ResidualAttentionBlock(c)
+    a = torch.sigmoid(F.conv2d(x, block.gate.weight, block.gate.bias, padding=1))
+    wx = F.conv2d(x, block.body.weight, block.body.bias, padding=1)
+    assert torch.allclose(block(x), x + a * wx, atol=1e-6)
+
+
+def test_multiscale_fusion_weights() -> None:
+    block = MultiScaleBlock(3)
+    assert block.dilations == (1, 2, 3)
+    with torch.no_grad():
+        block.fusion_logits.copy_(torch.log(torch.tensor([0.2, 0.3, 0.5])))
+    assert torch.allclose(block.weights, torch.tensor([0.2, 0.3, 0.5]), atol=1e-6)
+    assert torch.allclose(block.weights.sum(), torch.tensor(1.0))
+    x = torch.randn(2, 3, 9, 11)
+    expected = sum(lam * branch(x) for lam, branch in zip([0.2, 0.3, 0.5], block.branches, strict=True))
+    assert torch.allclose(block(x), expected, atol=1e-6)
+    # Receptive fields 3, 5, 7: the branches see different neighbourhoods and keep the spatial size.
+    for branch, d in zip(block.branches, (1, 2, 3), strict=True):
+        assert branch[0].dilation == (d, d)
+        assert branch(x).shape == x.shape
+
+
+def test_alpha_from_hand_set_mlp() -> None:
+    model = ContextEnhancer(n_blocks=2)
+    mlp = model.context_mlp
+    assert mlp is not None
+    field = 3
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.zero_()
+        mlp.hidden.weight[0, field] = 1.0  # hidden_0 = context[field]
+        mlp.out.weight[0, 0] = 1.0  # block 0 logit = silu(context[field])
+        mlp.out.bias[1] = -1.0  # block 1 logit = −1 whatever the context
+    ctx = torch.zeros(2, CONTEXT_SIZE)
+    ctx[0, field] = 1.5
+    ctx[1, field] = -0.7
+    alphas = model.alphas(ctx)
+    assert alphas.shape == (2, 2)
+    expected0 = 2.0 * torch.sigmoid(F.silu(torch.tensor([1.5, -0.7])))
+    assert torch.allclose(alphas[:, 0], expected0, atol=1e-6)
+    assert torch.allclose(alphas[:, 1], torch.full((2,), 2.0 * torch.sigmoid(torch.tensor(-1.0)).item()))
+    # Zero context → logit 0 → α = 1; context None is the zero context.
+    assert torch.allclose(model.alphas(None), torch.tensor([[1.0, 2.0 * torch.sigmoid(torch.tensor(-1.0)).item()]]))
+    assert (model.alphas(torch.randn(16, CONTEXT_SIZE) * 10) >= 0).all()
+
+
+def test_alpha_zero_is_identity_and_alpha_scales_residual() -> None:
+    module = AdaptiveModule(4, "alpha")
+    x = torch.randn(3, 4, 8, 5)
+    assert torch.equal(module(x, torch.zeros(3, 1)), x)
+    f = module.residual(x)
+    alpha = torch.tensor([0.0, 0.5, 1.7])
+    y = module(x, alpha)
+    assert torch.allclose(y, x + alpha.view(3, 1, 1, 1) * f, atol=1e-6)
+    assert torch.equal(y[0], x[0])
+
+
+def test_film_and_none_modules() -> None:
+    x = torch.randn(2, 4, 6, 6)
+    film = AdaptiveModule(4, "film")
+    assert torch.allclose(film(x, torch.cat([-torch.ones(2, 4), torch.zeros(2, 4)], dim=1)), x)  # γ = 0, β = 0
+    mod = torch.randn(2, 8)
+    expected = x + (1 + mod[:, :4, None, None]) * film.residual(x) + mod[:, 4:, None, None]
+    assert torch.allclose(film(x, mod), expected, atol=1e-6)
+    plain = AdaptiveModule(4, "none")
+    assert torch.allclose(plain(x), x + plain.residual(x))
+
+
+@pytest.mark.parametrize("conditioning", ["alpha", "film"])
+def test_context_changes_output_and_none_is_zero_context(conditioning: str) -> None:
+    model = ContextEnhancer(conditioning=conditioning).eval()
+    x = torch.rand(2, 1, 16, 16)
+    c1 = torch.zeros(2, CONTEXT_SIZE)
+    c2 = torch.zeros(2, CONTEXT_SIZE)
+    c2[:, 6] = 3.0  # z_motion high
+    c2[:, 13] = 1.0  # mask_motion present
+    with torch.no_grad():
+        out_none = model(x)
+        out_zero = model(x, c1)
+        out_other = model(x, c2)
+    assert torch.equal(out_none, out_zero)
+    assert (out_other - out_zero).abs().max() > 1e-6
+
+
+def test_unconditioned_model_ignores_context() -> None:
+    model = ContextEnhancer(conditioning="none").eval()
+    assert model.context_mlp is None
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x, torch.randn(1, CONTEXT_SIZE)))
+
+
+def test_global_residual_base_is_bicubic() -> None:
+    model = ContextEnhancer(scale=2).eval()
+    with torch.no_grad():
+        model.tail.weight.zero_()
+        model.tail.bias.zero_()
+        x = torch.rand(2, 1, 10, 14)
+        out = model(x, torch.randn(2, CONTEXT_SIZE))
+    assert torch.allclose(out, F.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False))
+    clamped = ContextEnhancer(clamp=True).eval()
+    with torch.no_grad():
+        y = clamped(torch.rand(2, 1, 10, 10) * 3 - 1)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_transposed_upsampler(scale: int) -> None:
+    model = ContextEnhancer(scale=scale, upsampler="transposed")
+    convs = [m for m in model.upsample if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convs) == {2: 1, 4: 2}[scale]
+    for conv in convs:
+        assert conv.kernel_size[0] % conv.stride[0] == 0 and conv.kernel_size[1] % conv.stride[1] == 0
+        assert conv.kernel_size == (4, 4) and conv.stride == (2, 2)
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 13, 9)).shape == (1, 1, 13 * scale, 9 * scale)
+    six = ContextEnhancer(scale=scale, upsampler="transposed", transposed_kernel=6)
+    assert six(torch.rand(1, 1, 7, 8)).shape == (1, 1, 7 * scale, 8 * scale)
+
+
+def test_gradient_reaches_context_mlp() -> None:
+    model = ContextEnhancer()
+    x = torch.rand(2, 1, 12, 12)
+    loss = (model(x, torch.randn(2, CONTEXT_SIZE)) - 0.5).abs().mean()
+    loss.backward()
+    mlp = model.context_mlp
+    assert mlp is not None
+    for p in (mlp.hidden.weight, mlp.out.weight, mlp.out.bias):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("size", "patch"), [(64, 6), (128, 14)])
+def test_discriminator_patch_map_and_combination(size: int, patch: int) -> None:
+    disc = HybridDiscriminator(alpha=0.3, beta=0.7)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in disc.modules())
+    out = disc(torch.rand(3, 1, size, size))
+    assert isinstance(out, DiscriminatorOutput)
+    assert out.patch.shape == (3, 1, patch, patch)
+    assert out.global_.shape == (3, 1)
+    assert out.combined.shape == (3, 1)
+    expected = 0.3 * out.patch.mean(dim=(2, 3)) + 0.7 * out.global_
+    assert torch.allclose(out.combined, expected, rtol=0, atol=1e-7)
+
+
+def test_discriminator_rgb_and_non_square_without_spectral_norm() -> None:
+    disc = HybridDiscriminator(in_channels=3, base_channels=16, spectral_norm=False)
+    assert (disc.alpha, disc.beta) == (0.5, 0.5)
+    out = disc(torch.rand(1, 3, 64, 96))
+    assert out.patch.shape == (1, 1, 6, 10)
+    assert torch.equal(out.combined, 0.5 * out.patch.mean(dim=(2, 3)) + 0.5 * out.global_)
+
+
+def test_registry() -> None:
+    gen = build("enhancer", scale=4, in_channels=3)
+    assert isinstance(gen, ContextEnhancer) and gen.scale == 4
+    disc = build("enhancer-discriminator", alpha=0.5, beta=0.5)
+    assert isinstance(disc, HybridDiscriminator)
+    print(f"HybridDiscriminator parameters: {n_params(disc)}")
