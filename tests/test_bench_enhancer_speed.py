@@ -1,0 +1,48 @@
+"""bench.enhancer_speed runs end to end with tiny settings and reports positive figures (no timing assertion)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench.enhancer_speed import count_flops, run_benchmark
+from gan.models.enhancer import ContextEnhancer
+from sensors.context import CONTEXT_SIZE
+
+
+def test_flop_count_matches_hand_count() -> None:
+    import torch
+
+    model = ContextEnhancer(channels=8, n_blocks=1).eval()
+    layers = count_flops(model, torch.rand(2, 1, 16, 16), torch.rand(2, CONTEXT_SIZE))
+    px = 2 * 16 * 16  # LR pixels in the batch
+    conv3 = 2 * 8 * 9 * 8 * px
+    expected = (
+        2 * 1 * 9 * 8 * px  # head
+        + 2 * conv3  # attention body + gate
+        + 3 * conv3  # multi-scale branches
+        + 2 * 8 * 8 * px  # 1×1 projection
+        + conv3  # trunk tail
+        + 4 * conv3  # sub-pixel conv 8 → 32
+        + 2 * 8 * 9 * 1 * 4 * px  # tail at high resolution
+        + 2 * (2 * CONTEXT_SIZE * 64 + 2 * 64 * 1)  # context MLP
+    )
+    assert sum(layer.flops for layer in layers) == expected
+
+
+def test_run_benchmark_tiny() -> None:
+    result = run_benchmark(batch=2, lr_size=16, runs=1, warmup=0, gemm_n=64, gemm_repeats=1)
+    json.dumps(result)  # JSON-ready
+    for key in (
+        "slices_per_s",
+        "slices_per_s_onnxruntime",
+        "slices_per_s_torch",
+        "gemm_gflops",
+        "model_gflop_per_slice",
+        "gemm_fraction",
+    ):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    assert result["slices_per_s"] == max(result["slices_per_s_onnxruntime"], result["slices_per_s_torch"])
+    assert 0 <= result["parity_max_abs"] < 1e-3
+    assert (result["batch"], result["lr_size"], result["hr_size"], result["runs"]) == (2, 16, 32, 1)
+    assert result["weights"] == "random-init"
