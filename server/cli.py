@@ -87,6 +87,13 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train a model family (``aegle train enhancer --help`` lists the options)."""
+    from gan.train import main as train_main
+
+    return train_main([args.family, *args.options])
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """End-to-end demo on embedded defaults."""
     from server.demo import run_demo
@@ -121,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--credentials", default=None, help="JSON file mapping device id to MQTT password")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a model family on the packaged real images (see docs/training.md)",
+                       add_help=False)
+    p.add_argument("family", choices=["enhancer"], help="enhancer (hybrid-gan and classifier: not yet)")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m gan.train FAMILY")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("context", help="a patient's sensor context now or at --at, from the store")
     p.add_argument("patient")

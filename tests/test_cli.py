@@ -41,3 +41,11 @@ def test_context_and_vitals_from_the_store(tmp_path: Path) -> None:
     assert [json.loads(line)["value"] for line in done.stdout.splitlines()] == [82, 83, 84]
     naive = aegle("context", "enc-9", "--at", "2026-11-21T10:00:09", env=env)
     assert naive.returncode == 2 and "no UTC offset" in naive.stderr
+
+
+def test_train_enhancer_through_the_cli(tmp_path: Path) -> None:
+    done = aegle("train", "enhancer", "--steps", "3", "--batch-size", "4", "--val-every", "3", "--val-pairs", "4",
+                 "--out", str(tmp_path), "--data", "pydicom", "--threads", "2")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary and (tmp_path / "enhancer-alpha-x2" / "card.json").exists()
