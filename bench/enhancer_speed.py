@@ -26,11 +26,13 @@ Method, all in one process and one run so that the ratios share the machine's st
 * **gemm_fraction** — achieved model GFLOP/s of the faster backend (slices/s × GFLOP/slice) ÷ GEMM GFLOP/s.
 * **Parity** — max |ORT − torch| on the timed batch, once.
 * **Variants** (full run only, or ``--variants``) — cheaper configurations of the same class, same protocol
-  with fewer rounds, to show the speed/size trade-off. The headline fields are the default shipped
-  configuration (pixelshuffle, channels 32, 4 blocks, α conditioning).
+  with fewer rounds, to show the speed/size trade-off (including the pixel-unshuffle trunk). The headline
+  fields are the configuration chosen by the flags: the default shipped configuration (pixelshuffle,
+  channels 32, 4 blocks, α conditioning) with ``--trunk`` (``lowres``, the default, or ``unshuffle``).
 
     python -m bench.enhancer_speed            # 2048² GEMM, 9 rounds, plus variants (a few minutes)
     python -m bench.enhancer_speed --quick    # 1024² GEMM, 5 rounds, default model only (under a minute)
+    python -m bench.enhancer_speed --quick --trunk unshuffle   # headline = the pixel-unshuffle trunk
 
 The last stdout line is one JSON object; progress goes to stderr.
 """
@@ -55,18 +57,32 @@ import torch
 from torch import nn
 
 from gan.export import export_onnx
-from gan.models.enhancer import ContextEnhancer
+from gan.models.enhancer import TRUNKS, ContextEnhancer
 from sensors.context import CONTEXT_SIZE
 
 THREADS = 2
 #: Average cores used by other processes (or stolen) above which the result is flagged ``"contended"``.
 CONTENDED_CORES = 0.2
-DEFAULT_CONFIG: dict[str, Any] = {"channels": 32, "n_blocks": 4, "upsampler": "pixelshuffle", "conditioning": "alpha"}
+DEFAULT_CONFIG: dict[str, Any] = {
+    "channels": 32, "n_blocks": 4, "upsampler": "pixelshuffle", "conditioning": "alpha", "trunk": "lowres"
+}
 VARIANTS: tuple[dict[str, Any], ...] = (
-    {"channels": 24, "n_blocks": 4, "upsampler": "pixelshuffle", "conditioning": "alpha"},
-    {"channels": 32, "n_blocks": 2, "upsampler": "pixelshuffle", "conditioning": "alpha"},
-    {"channels": 16, "n_blocks": 4, "upsampler": "pixelshuffle", "conditioning": "alpha"},
+    {**DEFAULT_CONFIG, "trunk": "unshuffle"},  # pixel-unshuffle trunk (blocks at LR/2, one PixelShuffle(4) tail)
+    {**DEFAULT_CONFIG, "channels": 24},
+    {**DEFAULT_CONFIG, "n_blocks": 2},
+    {**DEFAULT_CONFIG, "channels": 16},
 )
+
+
+def headline_config(trunk: str = "lowres") -> dict[str, Any]:
+    """The configuration behind the headline fields: :data:`DEFAULT_CONFIG` with the given ``trunk``."""
+    return {**DEFAULT_CONFIG, "trunk": trunk}
+
+
+def variants_for(config: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """:data:`VARIANTS` minus ``config`` itself, plus :data:`DEFAULT_CONFIG` when the headline is not the default."""
+    others = tuple(v for v in VARIANTS if v != config)
+    return others if config == DEFAULT_CONFIG else (DEFAULT_CONFIG, *others)
 
 
 # --------------------------------------------------------------------------- baseline
@@ -367,8 +383,11 @@ def run_benchmark(
     gemm_repeats: int = 3,
     variants: tuple[dict[str, Any], ...] = (),
     variant_runs: int | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON-ready result (headline fields = the default configuration)."""
+    """The whole benchmark; returns the JSON-ready result (headline fields = ``config``, default
+    :data:`DEFAULT_CONFIG`)."""
+    config = dict(config or DEFAULT_CONFIG)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     load_before = os.getloadavg()
@@ -376,7 +395,7 @@ def run_benchmark(
     try:
         gemm = gemm_runner(gemm_n, gemm_repeats)
         with tempfile.TemporaryDirectory(prefix="aegle-bench-enhancer-") as tmp:
-            head = measure_config(DEFAULT_CONFIG, batch, lr_size, runs, warmup, Path(tmp), gemm)
+            head = measure_config(config, batch, lr_size, runs, warmup, Path(tmp), gemm)
             others = [
                 measure_config(cfg, batch, lr_size, variant_runs or max(2, runs // 2), 1, Path(tmp))
                 for cfg in variants
@@ -447,10 +466,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="timed rounds (default 9, 5 with --quick)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr-size", type=int, default=128)
+    parser.add_argument("--trunk", choices=TRUNKS, default="lowres",
+                        help="trunk of the headline configuration (default lowres, the shipped default)")
     parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure cheaper configurations (default: on, off with --quick)")
     args = parser.parse_args()
     with_variants = args.variants if args.variants is not None else not args.quick
+    config = headline_config(args.trunk)
     result = run_benchmark(
         batch=args.batch,
         lr_size=args.lr_size,
@@ -458,7 +480,8 @@ def main() -> None:
         warmup=1 if args.quick else 2,
         gemm_n=1024 if args.quick else 2048,
         gemm_repeats=3 if args.quick else 5,
-        variants=VARIANTS if with_variants else (),
+        variants=variants_for(config) if with_variants else (),
+        config=config,
     )
     print(json.dumps(result))
 

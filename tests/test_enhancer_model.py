@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -253,3 +255,105 @@ def test_registry() -> None:
     disc = build("enhancer-discriminator", alpha=0.5, beta=0.5)
     assert isinstance(disc, HybridDiscriminator)
     print(f"HybridDiscriminator parameters: {n_params(disc)}")
+
+
+# --------------------------------------------------------------------------- trunk="unshuffle"
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_unshuffle_output_shapes(scale: int, in_channels: int) -> None:
+    model = ContextEnhancer(in_channels=in_channels, scale=scale, trunk="unshuffle").eval()
+    assert model.size_multiple == 2
+    assert isinstance(model.unshuffle, torch.nn.PixelUnshuffle) and isinstance(model.shuffle, torch.nn.PixelShuffle)
+    assert len(model.upsample) == 0  # straight to the output resolution: no upsampling stages
+    assert model.head.in_channels == 4 * in_channels
+    assert model.tail.out_channels == (2 * scale) ** 2 * in_channels
+    x = torch.rand(3, in_channels, 20, 34)  # odd batch, non-square, even H and W
+    with torch.no_grad():
+        out = model(x, torch.randn(3, CONTEXT_SIZE))
+        blind = model(x)
+    assert out.shape == (3, in_channels, 20 * scale, 34 * scale)
+    assert blind.shape == out.shape
+    assert torch.isfinite(out).all()
+
+
+def test_unshuffle_shares_blocks_with_lowres() -> None:
+    """Same block / trunk-tail / context-MLP parameters (names and shapes); only head, upsample and tail differ."""
+    low = {k: v.shape for k, v in ContextEnhancer(trunk="lowres").state_dict().items()}
+    uns = {k: v.shape for k, v in ContextEnhancer(trunk="unshuffle").state_dict().items()}
+    ends = ("head.", "upsample.", "tail.")
+    assert {k: s for k, s in low.items() if not k.startswith(ends)} == {
+        k: s for k, s in uns.items() if not k.startswith(ends)
+    }
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_unshuffle_parameter_count(scale: int) -> None:
+    count = n_params(ContextEnhancer(scale=scale, trunk="unshuffle"))
+    lowres = n_params(ContextEnhancer(scale=scale))
+    print(f"ContextEnhancer(scale={scale}, trunk='unshuffle') parameters: {count} (lowres: {lowres})")
+    assert 50_000 < count < MAX_PARAMS
+
+
+def test_unshuffle_odd_size_and_bad_arguments() -> None:
+    model = ContextEnhancer(trunk="unshuffle").eval()
+    for h, w in [(15, 16), (16, 15), (9, 9)]:
+        with pytest.raises(ValueError, match="divisible by 2"):
+            model(torch.rand(1, 1, h, w))
+        with pytest.raises(ValueError, match="divisible by 2"):
+            model.check_input_size(h, w)
+    model.check_input_size(16, 18)
+    ContextEnhancer().check_input_size(15, 9)  # lowres: any size
+    with pytest.raises(ValueError):
+        ContextEnhancer(trunk="shuffle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ContextEnhancer(trunk="unshuffle", upsampler="transposed")
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_unshuffle_global_residual_base_is_bicubic(scale: int) -> None:
+    model = ContextEnhancer(scale=scale, trunk="unshuffle").eval()
+    with torch.no_grad():
+        model.tail.weight.zero_()
+        model.tail.bias.zero_()
+        x = torch.rand(2, 1, 10, 14)
+        out = model(x, torch.randn(2, CONTEXT_SIZE))
+    assert torch.allclose(out, F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False))
+
+
+def test_unshuffle_gradient_reaches_context_mlp() -> None:
+    model = ContextEnhancer(trunk="unshuffle")
+    x = torch.rand(2, 1, 12, 12)
+    loss = (model(x, torch.randn(2, CONTEXT_SIZE)) - 0.5).abs().mean()
+    loss.backward()
+    mlp = model.context_mlp
+    assert mlp is not None
+    for p in (mlp.hidden.weight, mlp.out.weight, mlp.out.bias):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    for p in (model.head.weight, model.tail.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_unshuffle_onnx_export_and_parity(scale: int, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    from gan.export import export_onnx, parity
+
+    model = ContextEnhancer(scale=scale, trunk="unshuffle", channels=16, n_blocks=2).eval()
+    with torch.no_grad():  # a non-trivial residual, so parity tests the learned path, not just the bicubic base
+        model.tail.weight.mul_(10.0)
+    example = (torch.rand(2, 1, 16, 20), torch.rand(2, CONTEXT_SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        path = export_onnx(model, example, tmp_path / "enh.onnx", ["image", "context"], ["enhanced"])
+    cases = [
+        (torch.rand(1, 1, 24, 18), torch.rand(1, CONTEXT_SIZE)),
+        (torch.rand(3, 1, 32, 40), torch.rand(3, CONTEXT_SIZE)),
+    ]
+    report = parity(model, path, cases)
+    assert report.passed and len(report.cases) == 2
+    print(f"unshuffle scale {scale} ONNX parity max abs {report.max_abs_error:.2e}")

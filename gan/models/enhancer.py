@@ -14,16 +14,23 @@ After the residual-attention medical-image enhancement paper, with a few cheap-i
 * upsampling late, at the end of the low-resolution trunk: sub-pixel convolution (PixelShuffle, default) or
   the paper's transposed convolution (kernel 4, stride 2: kernel divisible by stride, no checkerboard), one
   ×2 stage per octave;
+* ``trunk="unshuffle"`` (Real-ESRGAN ×2 layout, ~4.6× fewer FLOPs at the default width): the input is
+  space-to-depth'd first (PixelUnshuffle(2): H×W×C → H/2×W/2×4C), the SAME blocks run at half the input
+  resolution, and a single conv ``channels → (2·scale)²·C`` + PixelShuffle(2·scale) goes straight to the output
+  resolution (no upsampling stages, no full-resolution conv). H and W must then be even: ``forward`` raises
+  ``ValueError`` otherwise in eager mode; the check is skipped while tracing (ONNX export), so callers of an
+  exported graph check with :meth:`ContextEnhancer.check_input_size` or pad (:attr:`ContextEnhancer.size_multiple`);
 * global residual: ``output = bicubic_upsample(input) + learned residual``, NOT clamped (clamping would zero
   the gradient of pixels at 0 or 1; clamp before display or DICOM write — or pass ``clamp=True``).
 
 The forward pass has no data-dependent Python control flow; batch and spatial size are free (ONNX dynamic
-axes).
+axes; even H, W for ``trunk="unshuffle"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,9 @@ from sensors.context import CONTEXT_SIZE
 SCALES: tuple[int, ...] = (1, 2, 4)
 UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
 CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none")
+TRUNKS: tuple[str, ...] = ("lowres", "unshuffle")
+#: Space-to-depth factor of ``trunk="unshuffle"`` (input H and W must be multiples of it).
+UNSHUFFLE = 2
 
 
 def _act() -> nn.Module:
@@ -182,7 +192,8 @@ class ContextEnhancer(nn.Module):
     Args:
         in_channels: 1 (grey-level, native) or 3 (RGB fundus); the output has the same channels.
         scale: 1 (denoise / deblur only), 2 or 4.
-        channels: trunk width (features at the LOW resolution).
+        channels: trunk width (features at the input resolution for ``trunk="lowres"``, at half of it for
+            ``"unshuffle"``).
         n_blocks: number of :class:`EnhancerBlock` s (attention + adaptive multi-scale).
         upsampler: ``"pixelshuffle"`` (sub-pixel conv) or ``"transposed"`` (the paper's transposed conv).
         conditioning: ``"alpha"`` (one α per sample and block), ``"film"`` (per-channel γ, β) or ``"none"``.
@@ -190,6 +201,10 @@ class ContextEnhancer(nn.Module):
         context_hidden: hidden width of the context MLP.
         transposed_kernel: kernel of the transposed conv (stride 2), must be even (divisible by the stride).
         clamp: clamp the output to [0, 1] (off by default: keeps gradients at the range ends).
+        trunk: ``"lowres"`` (head conv at the input resolution, ×2 upsampling stages, then ``tail`` at the output
+            resolution) or ``"unshuffle"`` (PixelUnshuffle(2) → head → blocks at half the input resolution →
+            ``tail`` conv to ``(2·scale)²·C`` → PixelShuffle(2·scale); needs even H, W; ``upsampler`` must be
+            ``"pixelshuffle"``). Only ``head``, ``upsample`` and ``tail`` differ; the blocks are the same.
     """
 
     def __init__(
@@ -204,8 +219,15 @@ class ContextEnhancer(nn.Module):
         context_hidden: int = 64,
         transposed_kernel: int = 4,
         clamp: bool = False,
+        trunk: Literal["lowres", "unshuffle"] = "lowres",
     ) -> None:
         super().__init__()
+        if trunk not in TRUNKS:
+            raise ValueError(f"trunk must be one of {TRUNKS}, got {trunk!r}")
+        if trunk == "unshuffle" and upsampler != "pixelshuffle":
+            raise ValueError(
+                f"trunk='unshuffle' ends in a PixelShuffle; upsampler must be 'pixelshuffle', got {upsampler!r}"
+            )
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if upsampler not in UPSAMPLERS:
@@ -224,8 +246,14 @@ class ContextEnhancer(nn.Module):
         self.conditioning = conditioning
         self.context_size = context_size
         self.clamp = clamp
+        self.trunk = trunk
 
-        self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
+        # Only the ends differ between the trunks: lowres = Identity | head | blocks | upsample stages | tail;
+        # unshuffle = PixelUnshuffle(2) | head | blocks | (no stages) | tail | PixelShuffle(2·scale).
+        unshuffle = trunk == "unshuffle"
+        shuffle = UNSHUFFLE * scale
+        self.unshuffle: nn.Module = nn.PixelUnshuffle(UNSHUFFLE) if unshuffle else nn.Identity()
+        self.head = nn.Conv2d(in_channels * (UNSHUFFLE**2 if unshuffle else 1), channels, 3, padding=1)
         self.blocks = nn.ModuleList(EnhancerBlock(channels, conditioning) for _ in range(n_blocks))
         self.trunk_tail = nn.Conv2d(channels, channels, 3, padding=1)
         self.context_mlp = (
@@ -233,11 +261,31 @@ class ContextEnhancer(nn.Module):
             if conditioning != "none"
             else None
         )
-        self.upsample = _upsampler(upsampler, channels, scale, transposed_kernel)
-        self.tail = nn.Conv2d(channels, in_channels, 3, padding=1)
+        self.upsample = nn.Sequential() if unshuffle else _upsampler(upsampler, channels, scale, transposed_kernel)
+        self.tail = nn.Conv2d(channels, in_channels * (shuffle**2 if unshuffle else 1), 3, padding=1)
+        self.shuffle: nn.Module = nn.PixelShuffle(shuffle) if unshuffle else nn.Identity()
         with torch.no_grad():  # start close to the bicubic baseline
             self.tail.weight.mul_(0.1)
             self.tail.bias.zero_()
+
+    @property
+    def size_multiple(self) -> int:
+        """Input H and W must be multiples of this (2 for ``trunk="unshuffle"``, else 1); pad to it if needed."""
+        return UNSHUFFLE if self.trunk == "unshuffle" else 1
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless ``height`` and ``width`` are multiples of :attr:`size_multiple`.
+
+        ``forward`` calls it in eager mode only (skipped under tracing, so the exported ONNX graph keeps free
+        spatial axes and contains no such check): callers of an exported graph call it themselves before
+        running it, or pad the input to :attr:`size_multiple` and crop the output.
+        """
+        m = self.size_multiple
+        if height % m or width % m:
+            raise ValueError(
+                f"trunk={self.trunk!r} needs input height and width divisible by {m}, got {height}×{width}; "
+                f"pad the input (e.g. reflect) to a multiple of {m} and crop the output"
+            )
 
     def _context(self, x: Tensor, context: Tensor | None) -> Tensor:
         if context is None:
@@ -266,13 +314,15 @@ class ContextEnhancer(nn.Module):
         return F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.trunk != "lowres" and not (torch.jit.is_tracing() or torch.jit.is_scripting()):
+            self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         mod = self.modulation(self._context(x, context))
-        feats = self.head(x)
+        feats = self.head(self.unshuffle(x))
         h = feats
         for i, block in enumerate(self.blocks):
             h = block(h, None if mod is None else mod[:, i])
         h = self.trunk_tail(h) + feats
-        out = self.base(x) + self.tail(self.upsample(h))
+        out = self.base(x) + self.shuffle(self.tail(self.upsample(h)))
         if self.clamp:
             out = out.clamp(0.0, 1.0)
         return out
