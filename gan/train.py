@@ -404,6 +404,7 @@ class TrainConfig:
     blind: bool = False  # zero the context (train and val): the "no vitals" baseline
     channels: int = 32
     n_blocks: int = 4
+    trunk: str = "lowres"  # or "unshuffle": the same blocks at half the LR resolution (about 4.6x fewer FLOPs)
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     perceptual_weight: float = 0.0
     feature_network: str = "se-classifier"  # or the path of a user-supplied VGG-19 state dict
@@ -433,6 +434,7 @@ class TrainConfig:
             "channels": self.channels,
             "n_blocks": self.n_blocks,
             "conditioning": self.conditioning,
+            "trunk": self.trunk,
         }
 
 
@@ -747,6 +749,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--blind", action="store_true", help="zero the context vector (the no-vitals baseline)")
     p.add_argument("--channels", type=int, default=d.channels)
     p.add_argument("--blocks", type=int, default=d.n_blocks)
+    p.add_argument("--trunk", choices=("lowres", "unshuffle"), default=d.trunk)
     p.add_argument("--l1-weight", type=float, default=d.loss_weights["l1"])
     p.add_argument("--ssim-weight", type=float, default=d.loss_weights["ssim"])
     p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight)
@@ -785,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         blind=args.blind,
         channels=args.channels,
         n_blocks=args.blocks,
+        trunk=args.trunk,
         loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight},
         perceptual_weight=args.perceptual_weight,
         feature_network=args.feature_network,
