@@ -9,8 +9,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sensors.vitals import Sample, to_ms
+from sensors import topics
+from sensors.vitals import Sample, parse_vitals, to_ms
+from server.localservices import Mosquitto
 from server.store.sqlite import SQLiteStore
+from tests.support import Collector, wait_for
 
 
 def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,3 +52,22 @@ def test_train_enhancer_through_the_cli(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary and (tmp_path / "enhancer-alpha-x2" / "card.json").exists()
+
+
+def test_simulate_publishes_as_each_device(broker: Mosquitto, tmp_path: Path) -> None:
+    """``aegle simulate`` logs in as every simulated device and its messages arrive on their own topics."""
+    devices = ["mon-1", "wear-1"]
+    credentials = tmp_path / "devices.json"
+    credentials.write_text(json.dumps(broker.add_users(devices)))
+    collector = Collector(broker, topics.vitals_filter("ward-7"))
+    try:
+        done = aegle("simulate", "--patients", "1", "--rate", "5", "--duration", "2", "--site", "ward-7",
+                     "--credentials", str(credentials),
+                     env={"AEGLE_MQTT__HOST": "127.0.0.1", "AEGLE_MQTT__PORT": str(broker.port)})
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(collector.messages) >= 15, 10, "the simulated messages")
+    finally:
+        collector.close()
+    assert {m.topic for m in collector.messages} == {topics.vitals("ward-7", d) for d in devices}
+    for message in collector.messages:
+        assert parse_vitals(message.payload).device_id == message.topic.split("/")[3]
