@@ -224,15 +224,11 @@ class CpuSnapshot:
 
     @classmethod
     def take(cls) -> CpuSnapshot:
-        busy = steal = 0.0
-        try:
-            fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-            tick = float(os.sysconf("SC_CLK_TCK"))
-            # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
-            busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick
-            steal = fields[7] / tick if len(fields) > 7 else 0.0
-        except (OSError, ValueError, IndexError):
-            pass
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        tick = float(os.sysconf("SC_CLK_TCK"))
+        # user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick
+        steal = fields[7] / tick
         return cls(busy, steal, time.process_time(), time.perf_counter())
 
     def since(self, start: CpuSnapshot) -> dict[str, float]:

@@ -134,16 +134,13 @@ _MIN_SIDE = 32  # dicomdirtests holds 16 × 16 thumbnails: useless as images
 
 
 def _dicom_roots() -> list[tuple[str, Path]]:
+    import data_store  # pydicom-data, a dependency of the data extra
     import pydicom
 
-    roots = [("pydicom", Path(pydicom.__file__).parent / "data" / "test_files")]
-    try:
-        import data_store  # pydicom-data
-    except ImportError:
-        pass
-    else:
-        roots.append(("pydicom-data", Path(data_store.__file__).parent / "data"))
-    return roots
+    return [
+        ("pydicom", Path(pydicom.__file__).parent / "data" / "test_files"),
+        ("pydicom-data", Path(data_store.__file__).parent / "data"),
+    ]
 
 
 def _lossy_syntaxes() -> set[str]:
