@@ -80,6 +80,47 @@ class ContextSettings(BaseModel):
     freshness_tau_s: float = 60.0
 
 
+class ApiSettings(BaseModel):
+    """The HTTP inference service (FastAPI)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8400
+    # API tokens are stored hashed (never in clear) in this SQLite file; ``aegle token create`` adds them.
+    tokens_path: Path = Path("var/aegle-tokens.sqlite")
+    # Append-only audit log of every read or write of patient data.
+    audit_path: Path = Path("var/aegle-audit.sqlite")
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=4096 * 4096, ge=1)
+    auth: bool = True
+
+
+class InferenceSettings(BaseModel):
+    """Model backends and micro-batching."""
+
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
+    weights_dir: Path | None = None  # None: the default weights shipped in gan/weights
+    cache_dir: Path = Path("var/model-cache")
+    threads: int | None = None
+    max_batch: int = Field(default=8, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    queue_max: int = Field(default=64, ge=1)
+
+
+class PacsSettings(BaseModel):
+    """The PACS the derived series go to (Orthanc with its DICOMweb plugin, or any DICOMweb server)."""
+
+    dicomweb_url: str | None = None  # e.g. http://127.0.0.1:8042/dicom-web
+    orthanc_url: str | None = None  # REST API, for the PACS-side watch mode
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    watch: bool = False
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+    def secret(self) -> str | None:
+        return read_secret(self.password, self.password_file)
+
+
 class Settings(BaseSettings):
     """Every setting of every Aegle process."""
 
@@ -89,6 +130,9 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     ingest: IngestSettings = IngestSettings()
     context: ContextSettings = ContextSettings()
+    api: ApiSettings = ApiSettings()
+    inference: InferenceSettings = InferenceSettings()
+    pacs: PacsSettings = PacsSettings()
     log_level: str = "INFO"
 
     @classmethod
