@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensors.simulator import Outgoing
@@ -161,11 +162,14 @@ class MqttPublisher:
         """Messages handed to paho and not yet acknowledged."""
         return len(self._pending)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
-        """Publish, blocking while ``max_backlog`` messages are unacknowledged; returns the packet id (mid)."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, properties: Properties | None = None) -> int:
+        """Publish, blocking while ``max_backlog`` messages are unacknowledged; returns the packet id (mid).
+
+        ``properties``: MQTT v5 properties of the PUBLISH (e.g. user properties), or None.
+        """
         self._slots.acquire()
         try:
-            info = self._client.publish(topic, payload, qos)
+            info = self._client.publish(topic, payload, qos, properties=properties)
         except BaseException:
             self._slots.release()
             raise

@@ -1,14 +1,18 @@
 """The MQTT topic scheme, version 1, shared by devices, edge nodes and the server.
 
-=====================================================  ==============================================
-``aegle/v1/{site}/{device_id}/vitals``                 a device's vitals messages (QoS 1)
-``aegle/v1/{site}/deadletter/{reason}``                rejected payloads with the reason (QoS 1)
-``aegle/v1/{site}/context/{patient_id}``               live sensor context per patient (retained)
-``aegle/v1/{site}/results/{study_uid}``                enhancement results (server, later issues)
-=====================================================  ==============================================
+==========================================================  ==============================================
+``aegle/v1/{site}/{device_id}/vitals``                      a device's vitals messages (QoS 1)
+``aegle/v1/{site}/deadletter/{reason}``                     rejected payloads with the reason (QoS 1)
+``aegle/v1/{site}/context/{patient_id}``                    live sensor context per patient (retained)
+``aegle/v1/{site}/results/{study_uid}``                     enhancement results (server, later issues)
+``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/manifest``  a DICOM instance an edge node forwards (QoS 1)
+``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/{index}``   one chunk of it, raw bytes (QoS 1)
+==========================================================  ==============================================
 
 A device may publish only under its own ``device_id``: the broker ACL (:func:`mosquitto_acl`) uses Mosquitto's
-``%u`` substitution, so the MQTT username of a device is its device id.
+``%u`` substitution, so the MQTT username of a device is its device id; an edge node likewise publishes DICOM
+only under its own ``edge_id``. The DICOM transfer contract (manifest, chunks, checksums) is in
+:mod:`sensors.dicom_transfer`; topics carry no patient data (the transfer id is a random UUID).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import re
 
 PREFIX = "aegle/v1"
 INGEST_SHARE_GROUP = "aegle-ingest"
+DICOM_MANIFEST = "manifest"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -74,9 +80,58 @@ def results(site: str, study_uid: str) -> str:
     return f"{PREFIX}/{_segment(site, 'site')}/results/{study_uid}"
 
 
+def _transfer_id(value: str) -> str:
+    if not _UUID.match(value):
+        raise ValueError(f"transfer_id {value!r} is not a lowercase UUID")
+    return value
+
+
+def dicom_manifest(site: str, edge_id: str, transfer_id: str) -> str:
+    """Topic of the manifest of one DICOM instance an edge node forwards."""
+    return f"{_dicom_base(site, edge_id, transfer_id)}/{DICOM_MANIFEST}"
+
+
+def dicom_chunk(site: str, edge_id: str, transfer_id: str, index: int) -> str:
+    """Topic of chunk ``index`` (0-based) of a forwarded DICOM instance."""
+    if index < 0:
+        raise ValueError(f"chunk index {index} is negative")
+    return f"{_dicom_base(site, edge_id, transfer_id)}/{index}"
+
+
+def _dicom_base(site: str, edge_id: str, transfer_id: str) -> str:
+    return f"{PREFIX}/{_segment(site, 'site')}/{_segment(edge_id, 'edge_id')}/dicom/{_transfer_id(transfer_id)}"
+
+
+def dicom_filter(site: str = "+") -> str:
+    """Subscription filter for every edge node's manifests and chunks (of one site or of every site)."""
+    return f"{PREFIX}/{site}/+/dicom/+/+"
+
+
+def parse_dicom_topic(topic: str) -> tuple[str, str, str, int | None]:
+    """Return ``(site, edge_id, transfer_id, chunk index)`` of a DICOM topic, index ``None`` for the manifest.
+
+    ``ValueError`` if it is not a well-formed DICOM transfer topic.
+    """
+    parts = topic.split("/")
+    if len(parts) != 7 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[4] != "dicom":
+        raise ValueError(f"not a DICOM transfer topic: {topic!r}")
+    site, edge_id, transfer_id, last = _segment(parts[2], "site"), _segment(parts[3], "edge_id"), parts[5], parts[6]
+    _transfer_id(transfer_id)
+    if last == DICOM_MANIFEST:
+        return site, edge_id, transfer_id, None
+    if not last.isdigit() or (len(last) > 1 and last[0] == "0"):
+        raise ValueError(f"chunk index {last!r} is not a non-negative integer")
+    return site, edge_id, transfer_id, int(last)
+
+
 def mosquitto_acl(service_users: tuple[str, ...] = ("aegle-ingest",)) -> str:
-    """Mosquitto ACL text: devices write only their own vitals topic; service users read and write the tree."""
-    lines = ["# devices: the MQTT username is the device id", f"pattern write {PREFIX}/+/%u/vitals", ""]
+    """Mosquitto ACL text: devices write only their own vitals and DICOM topics; service users read and write all."""
+    lines = [
+        "# devices and edge nodes: the MQTT username is the device id / edge id",
+        f"pattern write {PREFIX}/+/%u/vitals",
+        f"pattern write {PREFIX}/+/%u/dicom/#",
+        "",
+    ]
     for user in service_users:
         lines += [f"user {user}", f"topic readwrite {PREFIX}/#", ""]
     return "\n".join(lines)

@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from sensors.dicom_transfer import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
 
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
@@ -89,9 +91,18 @@ class ApiSettings(BaseModel):
     tokens_path: Path = Path("var/aegle-tokens.sqlite")
     # Append-only audit log of every read or write of patient data.
     audit_path: Path = Path("var/aegle-audit.sqlite")
+    # Tokens are stored as HMAC-SHA256(secret, token). The secret comes from here, or from this file, which is
+    # created (mode 0600, 32 random bytes) on first use when neither is set.
+    token_secret: SecretStr | None = None
+    token_secret_file: Path = Path("var/aegle-token-secret")
+    # Series processed through the API (UIDs, counts, model, failures; no patient identifiers).
+    studies_path: Path = Path("var/aegle-studies.sqlite")
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=4096 * 4096, ge=1)
-    auth: bool = True
+    # Seconds a request may wait for room in the inference queue before 503 + Retry-After (0: refuse at once).
+    queue_timeout_s: float = Field(default=0.0, ge=0)
+    # Readiness probes (broker connect, store ping, PACS DICOMweb query) give up after this many seconds.
+    probe_timeout_s: float = Field(default=2.0, gt=0)
 
 
 class InferenceSettings(BaseModel):
@@ -116,9 +127,46 @@ class PacsSettings(BaseModel):
     password_file: Path | None = None
     watch: bool = False
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # Where the Orthanc watch mode keeps its position in Orthanc's changes feed (and pending retries).
+    watch_state_path: Path = Path("var/pacs-watch-state.json")
 
     def secret(self) -> str | None:
         return read_secret(self.password, self.password_file)
+
+
+class EdgeSettings(BaseModel):
+    """An edge node: where it listens for DICOM, where it keeps its outbox, how it forwards."""
+
+    site: str = "site-1"
+    edge_id: str | None = None  # None: the MQTT username (the broker lets an edge publish only under that id)
+    outbox_path: Path = Path("var/edge-outbox")
+    max_outbox_bytes: int = Field(default=8 * 1024**3, ge=1)
+    ae_title: str = Field(default="AEGLE_EDGE", min_length=1, max_length=16)
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = Field(default=11112, ge=1, le=65535)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=MAX_CHUNK_BYTES)
+    window: int = Field(default=32, ge=1, le=65535)
+
+
+class TransferSettings(BaseModel):
+    """The DICOM transfer assembler."""
+
+    worker_id: str = "dicom-1"
+    site: str = "+"
+    staging_path: Path = Path("var/dicom-staging")
+    max_staging_bytes: int = Field(default=16 * 1024**3, ge=MAX_CHUNK_BYTES)
+    max_instance_bytes: int = Field(default=2 * 1024**3, ge=1)
+    incomplete_timeout_s: float = Field(default=3600.0, gt=0)
+    done_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    receive_maximum: int = Field(default=4, ge=1, le=65535)
+    session_expiry_s: int = 7 * 24 * 3600
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _instance_fits(self) -> TransferSettings:
+        if self.max_instance_bytes > self.max_staging_bytes:
+            raise ValueError("max_instance_bytes must not exceed max_staging_bytes")
+        return self
 
 
 class Settings(BaseSettings):
@@ -133,6 +181,8 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     inference: InferenceSettings = InferenceSettings()
     pacs: PacsSettings = PacsSettings()
+    edge: EdgeSettings = EdgeSettings()
+    dicom_transfer: TransferSettings = TransferSettings()
     log_level: str = "INFO"
 
     @classmethod
