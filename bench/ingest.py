@@ -219,6 +219,7 @@ def main() -> None:
         return
     n = args.messages or (30_000 if args.quick else 100_000)
     runs = args.runs or (3 if args.quick else 5)
+    load_before = os.getloadavg()[0]
     messages = payloads(n)
     rates: dict[str, list[float]] = {"raw": [], "ingest": [], "ingest_2w": []}
     cpu: dict[str, list[dict[str, float]]] = {k: [] for k in rates}
@@ -240,6 +241,9 @@ def main() -> None:
                 print(f"run {run + 1}/{runs}: " + ", ".join(f"{k} {v[-1]:,.0f} msg/s" for k, v in rates.items()),
                       file=sys.stderr)
     median = {k: statistics.median(v) for k, v in rates.items()}
+    cpu_median = {
+        k: {name: round(statistics.median(run[name] for run in v), 1) for name in v[0]} for k, v in cpu.items()
+    }
     print(json.dumps({
         "bench": "ingest", "messages": n, "runs": runs, "qos": 1, "store": "sqlite",
         "raw_msgs_per_s": round(median["raw"]),
@@ -249,10 +253,14 @@ def main() -> None:
         "ratio_2_workers": round(median["ingest_2w"] / median["raw"], 3),
         "lost": lost, "duplicated": duplicated,
         "runs_msgs_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
-        # CPU per message (median over runs): "receiver" is the raw subscriber or the ingest worker(s).
-        "cpu_us_per_msg": {
-            k: {name: round(statistics.median(run[name] for run in v), 1) for name in v[0]} for k, v in cpu.items()
-        },
+        # Process CPU time per message (median over runs), meaningful even on a busy machine where the rates
+        # are not: the worker against the raw subscriber it has to keep up with.
+        "worker_cpu_us_per_msg": cpu_median["ingest"]["receiver"],
+        "raw_subscriber_cpu_us_per_msg": cpu_median["raw"]["receiver"],
+        # "receiver" is the raw subscriber or the ingest worker(s).
+        "cpu_us_per_msg": cpu_median,
+        # 1-minute load average before and after (2 cores here): above ~2 the rates are contended.
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }))
 
 

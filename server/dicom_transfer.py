@@ -63,7 +63,7 @@ from sensors.dicom_transfer import (
     verify_chunk,
 )
 from sensors.vitals import dumps_compact
-from server.ingest import IngestWorker
+from server.ingest import broker_confirmed
 from server.settings import MqttSettings, TransferSettings
 
 log = logging.getLogger("aegle.dicom_transfer")
@@ -416,7 +416,7 @@ class TransferAssembler:
         self.deadletters[exc.reason] = self.deadletters.get(exc.reason, 0) + 1
         log.info("dead-lettered a DICOM transfer message: %s", exc.reason)
         info = self.client.publish(topics.deadletter(site, exc.reason), dumps_compact(letter), qos=1)
-        return IngestWorker._confirmed(info)
+        return broker_confirmed(info)
 
     def _ack(self, item: Incoming) -> None:
         if item.connection == self._connection:  # a packet id means nothing on another connection

@@ -26,6 +26,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from sensors import topics
 from sensors.context import ContextCache
-from sensors.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_vitals, to_samples
+from sensors.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_samples
 from server.settings import Settings
 from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
 
@@ -53,6 +54,91 @@ class Received:
     mid: int
     topic: str
     payload: bytes
+
+
+class ReadBufferedSocket:
+    """A connected socket read in large gulps, for paho, which reads every packet with three or more ``recv()``.
+
+    ``recv(n)`` serves from the last gulp and only calls the socket when it is used up, so errors (would block,
+    closed) surface exactly as the socket raises them. ``pending()`` counts the bytes held here (plus a TLS
+    socket's own), which paho's loop already honours: it does not wait in ``select()`` while bytes are pending.
+    Everything else is the wrapped socket's.
+    """
+
+    def __init__(self, sock: Any, gulp: int = 256 * 1024) -> None:
+        self._sock = sock
+        self._gulp = gulp
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes, from the buffer or, when it is empty, from one ``recv()`` of the socket."""
+        if self._pos >= len(self._data):
+            self._data = self._sock.recv(self._gulp)
+            self._pos = 0
+        chunk = self._data[self._pos : self._pos + bufsize]
+        self._pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        """Bytes readable without touching the network."""
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._data) - self._pos + inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class LeanPublishClient(mqtt.Client):
+    """paho's client with a shorter receive path for the QoS 1 PUBLISH packets an ingest worker lives on.
+
+    For every MQTT v5 PUBLISH paho builds a :class:`~paho.mqtt.properties.Properties` object (about a quarter
+    of its receive path in pure Python, even when the packet carries no properties), an ``MQTTMessage`` with its
+    own ``Condition``, and matches the topic against per-topic callbacks. A QoS 1 packet without properties,
+    received with manual acknowledgement, is instead handed straight to ``receive(mid, topic, payload)``;
+    every other packet takes paho's own path to ``on_message``. The socket is read through a
+    :class:`ReadBufferedSocket`, and each wake-up of the loop handles up to ``packets_per_read`` packets already
+    buffered (paho handles one per ``select()``). ``_handle_publish``, ``_in_packet`` and ``_create_socket`` are
+    paho 2.x internals (pinned ``<3``); tests/test_ingest.py checks this decoding against paho's.
+    """
+
+    def __init__(
+        self, receive: Callable[[int, str, bytes], None], packets_per_read: int = 1000, **kwargs: Any
+    ) -> None:
+        super().__init__(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        self._receive = receive
+        self._packets_per_read = packets_per_read
+
+    def _create_socket(self) -> Any:
+        return ReadBufferedSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        """Read packets while they are buffered, up to ``packets_per_read``; the rest on the loop's next turn."""
+        for _ in range(self._packets_per_read):
+            rc = super().loop_read(max_packets)
+            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or self._sock is None or not self._sock.pending():
+                return rc
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        header = self._in_packet["command"]
+        topic_end = 2 + (packet[0] << 8 | packet[1]) if len(packet) >= 2 else 0
+        # QoS 1 (bits 1-2 of the fixed header), MQTT v5, a topic, a packet id, and a property length of 0.
+        if (
+            header & 0x06 != 0x02
+            or not self._manual_ack
+            or self._protocol != mqtt.MQTTv5
+            or len(packet) < topic_end + 3
+            or packet[topic_end + 2] != 0
+        ):
+            return super()._handle_publish()
+        try:
+            topic = packet[2:topic_end].decode()
+        except UnicodeDecodeError:
+            return super()._handle_publish()
+        self._receive(packet[topic_end] << 8 | packet[topic_end + 1], topic, bytes(packet[topic_end + 3 :]))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class IngestMetrics:
@@ -84,6 +170,15 @@ class IngestMetrics:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
+def broker_confirmed(info: mqtt.MQTTMessageInfo, timeout: float = 30.0) -> bool:
+    """True once the broker acknowledged a QoS ≥ 1 publish (e.g. a dead letter); False if not within ``timeout``."""
+    try:
+        info.wait_for_publish(timeout)
+    except (RuntimeError, ValueError):  # not connected
+        return False
+    return info.is_published()
+
+
 class IngestWorker:
     """One ingest worker; :meth:`start` connects and runs in background threads, :meth:`stop` drains and stops."""
 
@@ -109,11 +204,8 @@ class IngestWorker:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.settings
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"aegle-{cfg.ingest.worker_id}",
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
+        client = LeanPublishClient(
+            self._receive, client_id=f"aegle-{cfg.ingest.worker_id}", protocol=mqtt.MQTTv5, manual_ack=True
         )
         if cfg.mqtt.username:
             client.username_pw_set(cfg.mqtt.username, cfg.mqtt.secret())
@@ -150,9 +242,14 @@ class IngestWorker:
         self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._receive(msg.mid, msg.topic, msg.payload)
+
+    def _receive(self, mid: int, topic: str, payload: bytes) -> None:
         self._last_message = time.monotonic()
-        self._inbox.append(Received(self._connection, msg.mid, msg.topic, msg.payload))
-        if len(self._inbox) >= self.settings.ingest.batch_size:
+        self._inbox.append(Received(self._connection, mid, topic, payload))
+        # Wake the writer when a batch is full. Only at the crossing: a waiting writer takes nothing, so the inbox
+        # grows one by one through it, and once awake the writer empties the inbox before it waits again.
+        if len(self._inbox) == self.settings.ingest.batch_size:
             self._wake.set()
 
     def start(self, timeout: float = 15.0) -> IngestWorker:
@@ -265,32 +362,24 @@ class IngestWorker:
         for item in batch:
             try:
                 site, device_id = topics.parse_vitals_topic(item.topic)
-                message = parse_vitals(item.payload, now)
-                if (message.site, message.device_id) != (site, device_id):
+                found = parse_samples(item.payload, now)
+                if (found[0].site, found[0].device_id) != (site, device_id):
                     raise VitalsRejected("topic_mismatch", "site/device_id in the payload differ from the topic")
-                samples.extend(to_samples(message))
+                samples.extend(found)
             except (VitalsRejected, ValueError) as exc:
                 letters.append(self._deadletter(item, exc, now))
         self._persist(samples)
-        letters_safe = all(self._confirmed(info) for info in letters)
+        letters_safe = all(broker_confirmed(info) for info in letters)
         self._dirty |= self.cache.add(samples)
         connection = self._connection
         if letters_safe:  # otherwise the batch comes again: samples are idempotent, letters at least once
-            self._ack([item.mid for item in batch if item.connection == connection])
+            # QoS 0 messages (packet id 0) have nothing to acknowledge: a PUBACK for id 0 is a protocol error.
+            self._ack([item.mid for item in batch if item.connection == connection and item.mid])
         self.metrics.messages.labels("accepted").inc(len(batch) - len(letters))
         self.metrics.messages.labels("rejected").inc(len(letters))
         self.metrics.samples.inc(len(samples))
         self.metrics.inbox.set(len(self._inbox))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    @staticmethod
-    def _confirmed(info: mqtt.MQTTMessageInfo, timeout: float = 30.0) -> bool:
-        """True once the broker acknowledged a dead letter."""
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError):  # not connected
-            return False
-        return info.is_published()
 
     def _ack(self, mids: list[int]) -> None:
         """Acknowledge a batch with one write: MQTT v5 allows a 4-byte PUBACK (success, no properties).

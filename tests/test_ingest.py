@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,13 +18,16 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt import _packet
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from sensors import topics
 from sensors.context import CONTEXT_FIELDS, SensorContext, context_at
 from sensors.publisher import DeviceFleet, MqttPublisher
 from sensors.simulator import Faults, Simulator
 from sensors.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
-from server.ingest import IngestWorker
+from server.ingest import IngestWorker, LeanPublishClient, ReadBufferedSocket
 from server.localservices import Mosquitto, VictoriaMetrics, free_port, http_ok
 from server.settings import Settings, StoreSettings
 from server.store import open_store
@@ -348,3 +352,119 @@ def test_store_outage_spools_to_disk_and_catches_up(broker: Mosquitto, tmp_path:
         store.close()
         vm.stop()
     assert len(got) == len({(s.patient_id, s.t_ms) for s in got}) == 3000
+
+
+def publish_packet(
+    topic: str, mid: int, payload: bytes, qos: int = 1, properties: bytes = b"\x00"
+) -> tuple[int, bytes]:
+    """(fixed-header byte, rest of the packet) of an MQTT v5 PUBLISH, as paho's reader hands them over."""
+    raw_topic = topic.encode()
+    rest = len(raw_topic).to_bytes(2, "big") + raw_topic + (mid.to_bytes(2, "big") if qos else b"") + properties
+    return 0x30 | qos << 1, rest + payload
+
+
+def test_lean_publish_path_decodes_as_paho_does() -> None:
+    """QoS 1 packets without properties skip paho's decoder; every packet reaches the worker as paho decodes it."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("firmware", "2.1")
+    props.MessageExpiryInterval = 60
+    cases = [
+        (publish_packet("aegle/v1/ward-1/mon-1/vitals", 1, b'{"a": 1}'), "lean"),
+        (publish_packet("aegle/v1/ward-1/mon-1/vitals", 65535, b""), "lean"),
+        (publish_packet("aegle/v1/wärd/mon-1/vitals", 258, b"\x00\xff" * 3000), "lean"),
+        (publish_packet("aegle/v1/ward-1/mon-1/vitals", 7, b"{}", properties=props.pack()), "paho"),
+        (publish_packet("aegle/v1/ward-1/mon-1/vitals", 0, b"{}", qos=0), "paho"),
+    ]
+    dup_retain = publish_packet("aegle/v1/ward-1/mon-1/vitals", 9, b"x")
+    cases.append(((dup_retain[0] | 0x09, dup_retain[1]), "lean"))
+    got: list[tuple[str, int, str, bytes]] = []
+    client = LeanPublishClient(lambda mid, topic, payload: got.append(("lean", mid, topic, payload)),
+                               client_id="decode-test", protocol=mqtt.MQTTv5, manual_ack=True)
+    client.on_message = lambda _c, _u, m: got.append(("paho", m.mid, m.topic, m.payload))
+    for (header, packet), path in cases:
+        got.clear()
+        client._in_packet = {"command": header, "packet": bytearray(packet)}
+        assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        want = _packet.decode_publish(header, bytearray(packet), mqtt.MQTTv5)
+        assert got == [(path, want.mid, want.topic.decode(), bytes(want.payload))]
+        assert type(got[0][3]) is bytes
+
+
+def test_messages_with_properties_or_at_qos_0_are_ingested_too(broker: Mosquitto, tmp_path: Path) -> None:
+    """paho's own receive path (properties, QoS 0) still feeds the worker; QoS 0 has nothing to acknowledge."""
+    settings = ingest_settings(broker, tmp_path, worker_id="props")
+    worker = IngestWorker(settings).start()
+    client = mqtt.Client(V2, client_id="props-pub", protocol=mqtt.MQTTv5)
+    client.username_pw_set("aegle-test", broker.users["aegle-test"])
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    now = datetime.now(UTC)
+    try:
+        for i in range(6):
+            msg = VitalsMessage(message_id=f"props-{i:04d}", site="ward-1", device_id="mon-1", patient_id="enc-props",
+                                timestamp=now - timedelta(seconds=10 - i),
+                                observations=[Observation(code="8867-4", value=80 + i, unit="/min")])
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = ("firmware", "2.1")
+            info = client.publish(topics.vitals("ward-1", "mon-1"), msg.to_json(), qos=i % 2,
+                                  properties=props if i < 3 else None)
+            info.wait_for_publish(5)
+        wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 6, 15, "all six stored")
+        connections = worker._connection
+        time.sleep(0.5)
+        assert worker._connection == connections  # no acknowledgement made the broker drop the connection
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        worker.stop()
+    store = open_store(settings.store)
+    assert [s.value for s in store.query("enc-props", 0, to_ms(now))] == [80 + i for i in range(6)]
+    store.close()
+
+
+def test_read_buffered_socket_serves_what_the_socket_sent_and_its_errors() -> None:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    wrapped = ReadBufferedSocket(left, gulp=64)
+    try:
+        with pytest.raises(BlockingIOError):  # nothing sent yet: the socket's own error
+            wrapped.recv(1)
+        right.sendall(bytes(range(100)))
+        time.sleep(0.05)
+        got = wrapped.recv(1) + wrapped.recv(1)
+        assert wrapped.pending() == 62  # one gulp of 64 taken from the socket, 2 bytes handed out
+        got += wrapped.recv(1000)  # never more than the gulp holds
+        assert wrapped.pending() == 0
+        got += wrapped.recv(1000)
+        assert got == bytes(range(100))
+        with pytest.raises(BlockingIOError):
+            wrapped.recv(1)
+        right.close()
+        time.sleep(0.05)
+        assert wrapped.recv(10) == b""  # closed by the peer
+        assert wrapped.fileno() == left.fileno()  # everything else is the socket's
+    finally:
+        left.close()
+        right.close()
+
+
+def test_each_wake_up_reads_the_buffered_packets_up_to_the_limit() -> None:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    got: list[int] = []
+    client = LeanPublishClient(lambda mid, _t, _p: got.append(mid), packets_per_read=3, client_id="drain-test",
+                               protocol=mqtt.MQTTv5, manual_ack=True)
+    client._sock = ReadBufferedSocket(left)
+    try:
+        for mid in range(1, 6):
+            header, rest = publish_packet("aegle/v1/ward-1/mon-1/vitals", mid, b"{}")
+            right.sendall(bytes([header, len(rest)]) + rest)
+        time.sleep(0.05)
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert got == [1, 2, 3] and client._sock.pending() > 0  # paho's loop will not wait in select() now
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert got == [1, 2, 3, 4, 5] and client._sock.pending() == 0
+    finally:
+        client._sock = None
+        left.close()
+        right.close()

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sensors import topics
-from sensors.vitals import BY_CODE, MAX_PAYLOAD_BYTES, REJECT_REASONS, VitalsRejected, parse_vitals, to_samples
+from sensors.simulator import Faults, Simulator
+from sensors.vitals import (
+    BY_CODE,
+    MAX_PAYLOAD_BYTES,
+    REJECT_REASONS,
+    Observation,
+    Sample,
+    VitalsMessage,
+    VitalsRejected,
+    _plain_samples,
+    parse_samples,
+    parse_vitals,
+    to_samples,
+)
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -81,17 +95,17 @@ def test_every_reason_has_a_case() -> None:
     assert set(BAD) | {"topic_mismatch"} == set(REJECT_REASONS)
 
 
-@pytest.mark.parametrize(
-    "observations",
-    [
-        [{"code": "8867-4", "value": 19, "unit": "/min"}],
-        [{"code": "8867-4", "value": "NaN", "unit": "/min"}],
-        [{"code": "8480-6", "value": 80, "unit": "mm[Hg]"}, {"code": "8462-4", "value": 90, "unit": "mm[Hg]"}],
-        [{"code": "motion-rms", "value": 0.2, "unit": "m/s2"}],  # right code, wrong system
-        [],
-        [{"code": "8867-4", "value": 70, "unit": "/min", "extra": 1}],
-    ],
-)
+OTHER_BAD_OBSERVATIONS = [
+    [{"code": "8867-4", "value": 19, "unit": "/min"}],
+    [{"code": "8867-4", "value": "NaN", "unit": "/min"}],
+    [{"code": "8480-6", "value": 80, "unit": "mm[Hg]"}, {"code": "8462-4", "value": 90, "unit": "mm[Hg]"}],
+    [{"code": "motion-rms", "value": 0.2, "unit": "m/s2"}],  # right code, wrong system
+    [],
+    [{"code": "8867-4", "value": 70, "unit": "/min", "extra": 1}],
+]
+
+
+@pytest.mark.parametrize("observations", OTHER_BAD_OBSERVATIONS)
 def test_other_impossible_or_malformed_observations_are_rejected(observations: list) -> None:
     with pytest.raises(VitalsRejected):
         parse_vitals(encode(message(observations=observations)), NOW)
@@ -111,3 +125,137 @@ def test_topics_reject_wildcards_and_round_trip() -> None:
     with pytest.raises(ValueError):
         topics.parse_vitals_topic("aegle/v1/ward-3/mon-12/other")
     assert topics.shared_vitals_filter() == "$share/aegle-ingest/aegle/v1/+/+/vitals"
+
+
+# --- parse_samples: the ingest worker's fast path must decide exactly as the model does -----------------------
+
+
+def reference(payload: bytes, now: datetime) -> list[Sample] | tuple[str, str]:
+    """What the model (the schema of record) makes of a payload: its samples, or (reason, detail)."""
+    try:
+        return to_samples(parse_vitals(payload, now))
+    except VitalsRejected as exc:
+        return exc.reason, exc.detail
+
+
+def fast(payload: bytes, now: datetime) -> list[Sample] | tuple[str, str]:
+    try:
+        return parse_samples(payload, now)
+    except VitalsRejected as exc:
+        return exc.reason, exc.detail
+
+
+def same(payload: bytes, now: datetime) -> bool:
+    """parse_samples agrees with the model; the fast recogniser never accepts what the model refuses."""
+    got, want = fast(payload, now), reference(payload, now)
+    plain = _plain_samples(payload, now)
+    assert plain is None or plain == want, payload
+    if isinstance(want, list):
+        assert [type(s.value) for s in got] == [float] * len(want)
+    assert got == want, payload
+    return plain is not None
+
+
+def simulated(seed: int, bad_fraction: float) -> list:
+    sim = Simulator(5, site="ward-9", rate_hz=2.0, seed=seed,
+                    faults=Faults(duplicate_fraction=0.05, late_fraction=0.05, bad_fraction=bad_fraction))
+    return list(sim.messages(NOW - timedelta(minutes=4), 120))
+
+
+def test_parse_samples_agrees_with_the_model_on_simulated_streams() -> None:
+    outgoing = simulated(11, 0.0) + simulated(12, 0.5)
+    reasons = {o.expected_reject for o in outgoing}
+    assert set(REJECT_REASONS) <= reasons  # every fault the simulator makes
+    fast_path = [same(o.payload, NOW) for o in outgoing]
+    valid = [o.expected_reject is None for o in outgoing]
+    assert sum(valid) > 2000
+    # Every valid device payload takes the fast path (topic_mismatch payloads are valid payloads too).
+    assert all(f for f, v in zip(fast_path, valid, strict=True) if v)
+
+
+def test_parse_samples_agrees_with_the_model_on_every_bad_payload() -> None:
+    for payload in BAD.values():
+        assert not same(payload, NOW)
+    for observations in OTHER_BAD_OBSERVATIONS:
+        assert not same(encode(message(observations=observations)), NOW)
+
+
+def edge_cases() -> list[object]:
+    """Payloads near the fast recogniser's edges: each must be decided as the model decides it."""
+    obs = message()["observations"]
+    cases: list[object] = [message(), message(schema=None), message(schema_="aegle.vitals/1"), message(extra=1)]
+    cases.append({k: v for k, v in message().items() if k != "schema"})
+    for ts in ["2026-11-21T11:59:58Z", "2026-11-21T11:59:58.1Z", "2026-11-21T11:59:58.123456Z",
+               "2026-11-21T11:59:58.1234567Z", "2026-11-21t11:59:58z", "2026-11-21T11:59:58+23:59",
+               "2026-11-21T11:59:58+24:00", "2026-11-21T11:59:58-00:00", "2026-11-21T11:59:58+0100",
+               "2026-11-21 11:59:58Z", "2026-11-21T11:59Z", "2026-11-21T11:59:60Z", "2026-11-21T24:00:00Z",
+               "2026-13-21T11:59:58Z", "2026-02-30T11:59:58Z", "2026-11-21", "2026-11-21T11:59:58Z\n",
+               "２026-11-21T11:59:58Z", "2026-11-21T11:59:58,5Z", "2026-11-21T12:04:59.999999Z",
+               "2026-11-21T12:05:00Z", "2026-11-21T12:05:00.000001Z", 1795000000, None, ""]:
+        cases.append(message(timestamp=ts))
+        cases.append(message(observations=[{"code": "8310-5", "value": 37.0, "unit": "Cel", "time": ts}]))
+    for field in ("message_id", "site", "device_id", "patient_id"):
+        for value in ["ward-3\n", " ward-3", "ward-3 ", "-ward", "w" * 63, "w" * 64, "w" * 65, "abcdefg",
+                      "abc:defgh", "ａbcdefgh", "", 12345678, None, ["ward-3"]]:
+            cases.append(message(**{field: value}))
+    for value in [72, 72.0, -0.0, 0, 1, 20, 19.999999, 350, 350.0000001, True, False, "72", None, 10**400, "NaN",
+                  1e308]:
+        cases.append(message(observations=[{"code": "8867-4", "value": value, "unit": "/min"}]))
+        cases.append(message(observations=[{"code": "9279-1", "value": value, "unit": "/min"}]))
+    cases += [
+        message(observations=obs * 7),  # 35 observations
+        message(observations=[{"code": c, "system": s.system, "value": s.low, "unit": s.unit}
+                              for c, s in BY_CODE.items() if s.key not in ("spo2", "systolic_bp", "diastolic_bp")]),
+        message(observations=[{"code": "8867-4", "value": 72, "unit": "/min", "system": None}]),
+        message(observations=[{"code": "8867-4", "value": 72, "unit": "/min", "system": "http://loinc.org"}]),
+        message(observations=[{"code": "8867-4", "value": 72, "unit": "/min", "time": None}]),
+        message(observations=[{"code": "8480-6", "value": 80, "unit": "mm[Hg]"},
+                              {"code": "8462-4", "value": 80, "unit": "mm[Hg]"}]),
+        message(observations={"code": "8867-4", "value": 72, "unit": "/min"}),
+        message(observations=[["8867-4", 72, "/min"]]),
+        message(schema="aegle.vitals/2"),
+        [message()],
+        "a string",
+        None,
+    ]
+    return cases
+
+
+def test_parse_samples_agrees_with_the_model_at_the_edges() -> None:
+    texts = [json.dumps(case) for case in edge_cases()]
+    raw = [t.encode() for t in texts]
+    good = texts[0]
+    raw += [
+        good.replace('"site": "ward-3"', '"site": "ward 3", "site": "ward-3"'),  # duplicate keys: the last wins
+        good.replace('"site": "ward-3"', '"site": "ward-3", "site": "ward 3"'),
+        good.replace('"value": 72', '"value": NaN'), good.replace('"value": 72', '"value": Infinity'),
+        good.replace('"value": 72', '"value": 1e400'), good.replace('"value": 72', '"value": 7.2e1'),
+        good.replace('"mon-12"', '"mon\\u002d12"'), good + " ", " " + good, good + "x", good[:-1],
+    ]
+    raw = [r.encode() if isinstance(r, str) else r for r in raw]
+    raw += [good.encode("utf-16"), b"\xef\xbb\xbf" + good.encode(), good.encode().replace(b"ward-3", b"ward-\xff")]
+    raw += [VitalsMessage(message_id="m-00000001", site="s", device_id="d", patient_id="p", timestamp=NOW,
+                          observations=[Observation(code="8867-4", value=70, unit="/min")]).to_json()]
+    assert sum(same(r, NOW) for r in raw) > 20  # the fast path really runs, and agrees, across the cases
+
+
+def test_parse_samples_agrees_with_the_model_on_random_mutations() -> None:
+    """Random byte-level and value-level mutations of real simulator payloads."""
+    rng = random.Random(4)
+    base = [o.payload for o in simulated(13, 0.0)[:400]]
+    tokens = [b'"', b":", b",", b"{", b"}", b"[", b"]", b"0", b"9", b".", b"-", b"+", b"e", b"Z", b"T", b" ",
+              b"null", b"true", b"\\", b"\n"]
+    agreed = 0
+    for payload in base:
+        for _ in range(4):
+            data = bytearray(payload)
+            at = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[at:at + rng.randint(0, 3)] = rng.choice(tokens)
+            elif choice < 0.7:
+                del data[at:at + rng.randint(1, 4)]
+            else:
+                data[at] = rng.randrange(256)
+            agreed += same(bytes(data), NOW)
+    assert agreed > 100  # many mutants are still acceptable, and the fast path takes them
