@@ -23,7 +23,9 @@ Method, all in one process on identical inputs:
   true context; ``enhancer_shuffled`` with the contexts permuted across the test pairs (fixed seed);
   optionally ``blind`` (a model trained with ``--blind``) with zero context. Outputs are clamped to [0, 1].
 * **Metrics** — :func:`gan.metrics.psnr` and :func:`gan.metrics.ssim` with ``data_range=1`` on the 176×176
-  crops, mean over pairs, plus per-modality (MR, CT) means. ``context_gain_db`` = enhancer − blind (null
+  crops, mean over pairs, plus per-modality (MR, CT) means and per-blur-group means (``by_blur``: "still" = no
+  blur kernel, "blurred" = motion + respiratory + cardiac kernel lengths ≥ 5 HR px — does a method undo blur
+  or only noise?). ``context_gain_db`` = enhancer − blind (null
   without ``--blind-name``), ``shuffled_context_gain_db`` = enhancer − enhancer with shuffled context.
 
 No training happens here: the weights come from :func:`gan.registry.load_model` and a missing model is an error
@@ -31,6 +33,8 @@ naming the training command.
 
     python -m bench.enhancer_quality --weights var/train --name enhancer-alpha-x2 [--blind-name NAME]
     python -m bench.enhancer_quality --weights var/train --name enhancer-alpha-x2 --quick   # under a minute
+    python -m bench.enhancer_quality --weights gan/weights --name enhancer-x2 \
+        --blind-weights var/train --blind-name enhancer-x2-blind     # the shipped model (docs/models.md)
 
 The last stdout line is one JSON object; progress goes to stderr.
 """
@@ -58,7 +62,17 @@ from torch import nn
 from gan import data as gdata
 from gan import metrics
 from gan.registry import CARD_FILE, load_model
-from gan.train import _MARGIN, PairBatch, PreparedSlice, TrainConfig, make_pairs, prepare_slices, training_splits
+from gan.train import (
+    _MARGIN,
+    BLUR_GROUPS,
+    PairBatch,
+    PreparedSlice,
+    TrainConfig,
+    blur_px,
+    make_pairs,
+    prepare_slices,
+    training_splits,
+)
 
 __all__ = [
     "CROP",
@@ -244,19 +258,26 @@ def _model_output(model: nn.Module, lr: torch.Tensor, context: torch.Tensor | No
     return np.concatenate(outs)
 
 
-def evaluate(hr: np.ndarray, out: np.ndarray, modalities: Sequence[str]) -> dict[str, Any]:
-    """Mean PSNR/SSIM over pairs and per modality (data range 1)."""
+def evaluate(
+    hr: np.ndarray, out: np.ndarray, modalities: Sequence[str], blur_px: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Mean PSNR/SSIM over pairs, per modality and (given each pair's total blur length) per
+    :data:`gan.train.BLUR_GROUPS` group (data range 1)."""
     p, s = _scores(hr, out)
-    result: dict[str, Any] = {"psnr_db": float(np.mean(p)), "ssim": float(np.mean(s)), "by_modality": {}}
-    mods = np.asarray(modalities)
-    for m in MODALITIES:
-        idx = np.flatnonzero(mods == m)
-        if len(idx):
-            result["by_modality"][m] = {
-                "psnr_db": float(np.mean([p[i] for i in idx])),
-                "ssim": float(np.mean([s[i] for i in idx])),
-                "pairs": len(idx),
-            }
+    result: dict[str, Any] = {"psnr_db": float(np.mean(p)), "ssim": float(np.mean(s))}
+    subsets = {m: np.asarray(modalities) == m for m in MODALITIES}
+    blur = np.asarray([] if blur_px is None else blur_px)
+    groups = {g: (blur >= lo) & (blur <= hi) for g, (lo, hi) in BLUR_GROUPS.items()} if blur_px is not None else {}
+    for key, members in (("by_modality", subsets), ("by_blur", groups)):
+        result[key] = {}
+        for name, chosen in members.items():
+            idx = np.flatnonzero(chosen)
+            if len(idx):
+                result[key][name] = {
+                    "psnr_db": float(np.mean([p[i] for i in idx])),
+                    "ssim": float(np.mean([s[i] for i in idx])),
+                    "pairs": len(idx),
+                }
     return result
 
 
@@ -268,7 +289,8 @@ def load_enhancer(weights: str | Path, name: str, *, blind: bool = False) -> tup
     card_path = Path(weights) / name / CARD_FILE
     if not card_path.is_file():
         command = (
-            f"aegle train enhancer --out {weights} --name {name} --steps 1500 --conditioning alpha --seed 0"
+            f"python -m gan.train enhancer --out {weights} --name {name} --trunk unshuffle --steps 5000 "
+            "--val-every 500 --threads 1 --seed 0"
             f"{' --blind' if blind else ''}"
         )
         raise FileNotFoundError(
@@ -301,6 +323,7 @@ def run(
     name: str,
     blind_name: str | None = None,
     *,
+    blind_weights: str | Path | None = None,
     quick: bool = False,
     seed: int = 0,
     split_seed: int = 0,
@@ -310,10 +333,14 @@ def run(
     val_pairs_per_subject: int | None = None,
     progress: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON summary (see the module docstring)."""
+    """The whole benchmark; returns the JSON summary (see the module docstring).
+
+    ``blind_weights``: registry root of ``blind_name`` (default ``weights``).
+    """
     started = time.perf_counter()
     model, info = load_enhancer(weights, name)  # fail before loading data
-    blind_model, blind_info = (None, None) if blind_name is None else load_enhancer(weights, blind_name, blind=True)
+    blind_root = weights if blind_weights is None else blind_weights
+    blind_model, blind_info = (None, None) if blind_name is None else load_enhancer(blind_root, blind_name, blind=True)
     scale = int(model.scale)
     if blind_model is not None and int(blind_model.scale) != scale:
         raise ValueError(f"blind model {blind_name!r} has scale {blind_model.scale}, the enhancer {scale}")
@@ -344,21 +371,24 @@ def run(
     progress(f"classical tuned on val: {tuned['method']} {tuned['parameter']} ({tuned['val_psnr_db']})")
 
     hr = test.pairs.hr[:, 0].double().numpy()
+    blur = [blur_px(p) for p in test.pairs.params]
+
+    def scored(out: np.ndarray) -> dict[str, Any]:
+        return evaluate(hr, out, test.modalities, blur)
+
     up = bicubic(test.pairs.lr, scale)
-    results: dict[str, dict[str, Any]] = {"bicubic": evaluate(hr, up, test.modalities)}
+    results: dict[str, dict[str, Any]] = {"bicubic": scored(up)}
     low = test.pairs.lr[:, 0].double().numpy()
     for method, k in tuned["best"].items():
-        out = np.stack([classical(u, method, k, lo) for u, lo in zip(up, low, strict=True)])
-        results[method] = evaluate(hr, out, test.modalities)
+        results[method] = scored(np.stack([classical(u, method, k, lo) for u, lo in zip(up, low, strict=True)]))
     results["classical"] = results[tuned["method"]]
     context = test.pairs.context
     permutation = np.random.default_rng(seed + 2).permutation(len(test))
-    results["enhancer"] = evaluate(hr, _model_output(model, test.pairs.lr, context), test.modalities)
+    results["enhancer"] = scored(_model_output(model, test.pairs.lr, context))
     shuffled = context[torch.from_numpy(permutation)]
-    results["enhancer_shuffled"] = evaluate(hr, _model_output(model, test.pairs.lr, shuffled), test.modalities)
+    results["enhancer_shuffled"] = scored(_model_output(model, test.pairs.lr, shuffled))
     if blind_model is not None:
-        zeros = torch.zeros_like(context)
-        results["blind"] = evaluate(hr, _model_output(blind_model, test.pairs.lr, zeros), test.modalities)
+        results["blind"] = scored(_model_output(blind_model, test.pairs.lr, torch.zeros_like(context)))
     progress("; ".join(f"{k} {v['psnr_db']:.2f} dB / {v['ssim']:.4f}" for k, v in results.items()))
 
     enh = results["enhancer"]["psnr_db"]
@@ -383,6 +413,8 @@ def run(
         "by_modality": {
             m: {k: v["by_modality"][m] for k, v in results.items() if m in v["by_modality"]} for m in MODALITIES
         },
+        # blur = total motion + respiratory + cardiac kernel length (HR px): "still" 0, "blurred" >= 5
+        "by_blur": {g: {k: v["by_blur"][g] for k, v in results.items() if g in v["by_blur"]} for g in BLUR_GROUPS},
         "methods": {k: {"psnr_db": _r(v["psnr_db"]), "ssim": _r(v["ssim"])} for k, v in results.items()},
         "classical_method": tuned["method"],
         "classical_parameter": tuned["parameter"],
@@ -414,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="registry root holding <name>/card.json (training --out)")
     parser.add_argument("--name", required=True, help="enhancer model name, e.g. enhancer-alpha-x2")
     parser.add_argument("--blind-name", default=None, help="a model trained with --blind (zero context)")
+    parser.add_argument("--blind-weights", default=None, help="registry root of --blind-name (default --weights)")
     parser.add_argument("--quick", action="store_true", help="8 test / 6 val pairs per subject (under a minute)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seed", type=int, default=0, help="the training split seed (val subjects)")
@@ -423,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         summary = run(
-            args.weights, args.name, args.blind_name, quick=args.quick, seed=args.seed, split_seed=args.split_seed,
+            args.weights, args.name, args.blind_name, blind_weights=args.blind_weights, quick=args.quick,
+            seed=args.seed, split_seed=args.split_seed,
             pairs_per_subject=args.pairs_per_subject,
         )  # fmt: skip
     except FileNotFoundError as exc:

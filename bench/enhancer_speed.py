@@ -27,12 +27,14 @@ Method, all in one process and one run so that the ratios share the machine's st
 * **Parity** — max |ORT − torch| on the timed batch, once.
 * **Variants** (full run only, or ``--variants``) — cheaper configurations of the same class, same protocol
   with fewer rounds, to show the speed/size trade-off (including the pixel-unshuffle trunk). The headline
-  fields are the configuration chosen by the flags: the default shipped configuration (pixelshuffle,
-  channels 32, 4 blocks, α conditioning) with ``--trunk`` (``lowres``, the default, or ``unshuffle``).
+  fields are the configuration chosen by the flags: the default configuration (pixelshuffle, channels 32,
+  4 blocks, α conditioning) with ``--trunk`` (``lowres``, the default, or ``unshuffle``), or with ``--name``
+  a trained model from the weights registry (its card's config and its weights, sha256 checked).
 
     python -m bench.enhancer_speed            # 2048² GEMM, 9 rounds, plus variants (a few minutes)
     python -m bench.enhancer_speed --quick    # 1024² GEMM, 5 rounds, default model only (under a minute)
     python -m bench.enhancer_speed --quick --trunk unshuffle   # headline = the pixel-unshuffle trunk
+    python -m bench.enhancer_speed --quick --name enhancer-x2  # headline = the shipped model (gan/weights)
 
 The last stdout line is one JSON object; progress goes to stderr.
 """
@@ -83,6 +85,17 @@ def variants_for(config: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     """:data:`VARIANTS` minus ``config`` itself, plus :data:`DEFAULT_CONFIG` when the headline is not the default."""
     others = tuple(v for v in VARIANTS if v != config)
     return others if config == DEFAULT_CONFIG else (DEFAULT_CONFIG, *others)
+
+
+def shipped(root: str | Path | None, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """``(config, state dict, label)`` of a registry enhancer (sha256 checked by :func:`gan.registry.load_model`)."""
+    from gan.registry import load_model
+
+    model, card = load_model(root, name)
+    if card.architecture != "enhancer" or card.config.get("scale") != 2 or card.config.get("in_channels", 1) != 1:
+        raise ValueError(f"{name}: the speed benchmark measures grey-level x2 enhancers, got {card.config}")
+    config = {k: v for k, v in card.config.items() if k not in ("in_channels", "scale")}
+    return config, model.state_dict(), f"{name} (sha256 {card.sha256})"
 
 
 # --------------------------------------------------------------------------- baseline
@@ -289,10 +302,16 @@ def measure_config(
     workdir: Path,
     gemm: Callable[[], float] | None = None,
     seed: int = 0,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """FLOPs, torch and ORT throughput (and GEMM rate, if ``gemm`` is given) of one enhancer configuration."""
+    """FLOPs, torch and ORT throughput (and GEMM rate, if ``gemm`` is given) of one enhancer configuration.
+
+    ``state``: trained weights to load (else random-init; the timing does not depend on the values).
+    """
     torch.manual_seed(seed)
     model = ContextEnhancer(in_channels=1, scale=2, **config).eval()
+    if state is not None:
+        model.load_state_dict(state)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 1, lr_size, lr_size, generator=gen)
     ctx = torch.rand(batch, CONTEXT_SIZE, generator=gen)
@@ -380,9 +399,13 @@ def run_benchmark(
     variants: tuple[dict[str, Any], ...] = (),
     variant_runs: int | None = None,
     config: dict[str, Any] | None = None,
+    weights: tuple[str | Path | None, str] | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-ready result (headline fields = ``config``, default
-    :data:`DEFAULT_CONFIG`)."""
+    :data:`DEFAULT_CONFIG`; or, with ``weights=(registry root, name)``, that trained model's config and weights)."""
+    state, weights_label = None, "random-init"
+    if weights is not None:
+        config, state, weights_label = shipped(*weights)
     config = dict(config or DEFAULT_CONFIG)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
@@ -391,7 +414,7 @@ def run_benchmark(
     try:
         gemm = gemm_runner(gemm_n, gemm_repeats)
         with tempfile.TemporaryDirectory(prefix="aegle-bench-enhancer-") as tmp:
-            head = measure_config(config, batch, lr_size, runs, warmup, Path(tmp), gemm)
+            head = measure_config(config, batch, lr_size, runs, warmup, Path(tmp), gemm, state=state)
             others = [
                 measure_config(cfg, batch, lr_size, variant_runs or max(2, runs // 2), 1, Path(tmp))
                 for cfg in variants
@@ -416,7 +439,7 @@ def run_benchmark(
     return {
         "bench": "enhancer_speed",
         "model": "ContextEnhancer",
-        "weights": "random-init",
+        "weights": weights_label,
         "config": head.pop("config"),
         "scale": 2,
         "batch": batch,
@@ -464,11 +487,13 @@ def main() -> None:
     parser.add_argument("--lr-size", type=int, default=128)
     parser.add_argument("--trunk", choices=TRUNKS, default="lowres",
                         help="trunk of the headline configuration (default lowres, the shipped default)")
+    parser.add_argument("--weights", default=None, help="registry root of --name (default gan/weights)")
+    parser.add_argument("--name", default=None, help="measure this trained enhancer (e.g. enhancer-x2), not --trunk")
     parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure cheaper configurations (default: on, off with --quick)")
     args = parser.parse_args()
     with_variants = args.variants if args.variants is not None else not args.quick
-    config = headline_config(args.trunk)
+    config = shipped(args.weights, args.name)[0] if args.name else headline_config(args.trunk)
     result = run_benchmark(
         batch=args.batch,
         lr_size=args.lr_size,
@@ -478,6 +503,7 @@ def main() -> None:
         gemm_repeats=3 if args.quick else 5,
         variants=variants_for(config) if with_variants else (),
         config=config,
+        weights=(args.weights, args.name) if args.name else None,
     )
     print(json.dumps(result))
 

@@ -11,16 +11,19 @@ The degradation follows the patient's TRUE vitals; the model sees only the OBSER
 missing from the context, not from the patient). Blur is applied to a margin around the patch, then cropped,
 so patch borders see real neighbours.
 
-Training (:func:`train_enhancer`): Adam, fixed seeds, validation PSNR/SSIM (vs bicubic) every ``val_every`` steps
-on fixed val pairs, early stopping on the val content loss, the best model saved through
-:func:`gan.registry.save_model` with a model card, loss curves as PNG. ``conditioning`` ("alpha", "film",
-"none") and ``blind`` (context zeroed) give the variants the benchmark compares. CLI: ``python -m gan.train
-enhancer --steps N --out DIR --conditioning alpha|film|none [--blind] --seed S`` (:func:`main`).
+Training (:func:`train_enhancer`): Adam with linear warm-up and cosine decay (:meth:`TrainConfig.learning_rate`),
+an EMA of the weights (what is validated and saved), fixed seeds, validation PSNR/SSIM (vs bicubic, overall and
+for still / blurred pairs) every ``val_every`` steps on fixed val pairs, the lowest-val-loss step checkpointed
+through :func:`gan.registry.save_model` with a model card, early stopping on the smoothed val loss, loss curves
+as PNG. ``conditioning`` ("alpha", "film", "none") and ``blind`` (context zeroed) give the variants the benchmark
+compares. CLI: ``python -m gan.train enhancer --steps N --out DIR --conditioning alpha|film|none [--blind] --seed S``
+(:func:`main`; the shipped recipe is in ``docs/training.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import itertools
@@ -47,12 +50,14 @@ from gan.losses import EnhancerLoss, FeatureNetwork, discriminator_loss
 from sensors.context import CHANNELS, CONTEXT_SIZE, SensorContext, context_from_series
 
 __all__ = [
+    "BLUR_GROUPS",
     "DEFAULT_LOSS_WEIGHTS",
     "VITAL_RANGES",
     "PairBatch",
     "PreparedSlice",
     "TrainConfig",
     "TrainResult",
+    "blur_px",
     "body_region",
     "main",
     "make_pairs",
@@ -209,7 +214,7 @@ def sample_context(
     return context_from_series(patient_id, series, _AT_MS)
 
 
-def _crop(image: np.ndarray, size: int, rng: np.random.Generator, tries: int = 8) -> np.ndarray:
+def crop_patch(image: np.ndarray, size: int, rng: np.random.Generator, tries: int = 8) -> np.ndarray:
     """A ``size``² region (symmetric padding if the image is smaller), preferring textured ones (std of the centre)."""
     h, w = image.shape
     if h < size or w < size:
@@ -241,12 +246,15 @@ def make_pairs(
     none_prob: float = 0.1,
     modalities: Sequence[str] = ("CT", "MR"),
     allow_held_out: bool = False,
+    textured_fraction: float = 1.0,
 ) -> PairBatch:
     """``n`` (lr, hr, context) samples from real slices; subjects are drawn uniformly, then one of their slices.
 
     ``volumes`` are :class:`gan.data.Volume` s (prepared here) or already :func:`prepare_slices` d slices.
     ``patch`` is the HR side (a multiple of ``scale``); noise σ (fraction of the [0, 1] range) is uniform in
-    ``noise_sigma``. Held-out test subjects are refused unless ``allow_held_out``.
+    ``noise_sigma``. Held-out test subjects are refused unless ``allow_held_out``. A fraction
+    ``textured_fraction`` of the patches prefers textured regions (best of 8 random crops by std); the others are
+    plain uniform random crops (flat regions and background too, where denoising matters most).
     """
     if patch % scale or patch < 16:
         raise ValueError(f"patch must be a multiple of scale {scale} and >= 16, got {patch}")
@@ -270,7 +278,8 @@ def make_pairs(
         subject = subjects[int(rng.integers(len(subjects)))]
         candidates = by_subject[subject]
         sl = candidates[int(rng.integers(len(candidates)))]
-        region = _crop(sl.image, size, rng)
+        textured = textured_fraction >= 1.0 or rng.uniform() < textured_fraction  # no extra draw at 1.0
+        region = crop_patch(sl.image, size, rng, tries=8 if textured else 1)
         true, observed = sample_vitals(rng, missing_prob, none_prob)
         ctx = sample_context(observed, rng)
         sigma = float(rng.uniform(*noise_sigma))
@@ -398,12 +407,17 @@ class TrainConfig:
     patch: int = 64  # HR side; LR is patch / scale
     batch_size: int = 16
     steps: int = 1000
-    lr: float = 2e-4
+    lr: float = 5e-4  # peak learning rate (after the warm-up)
+    lr_schedule: str = "cosine"  # "cosine": linear warm-up, then cosine decay to lr·final_lr_fraction; "constant"
+    warmup_steps: int = 200  # at most steps // 10
+    final_lr_fraction: float = 0.02
+    ema_decay: float = 0.999  # EMA of the weights (what is validated and saved); 0 = off
     seed: int = 0
     conditioning: str = "alpha"
     blind: bool = False  # zero the context (train and val): the "no vitals" baseline
     channels: int = 32
     n_blocks: int = 4
+    upsampler: str = "pixelshuffle"  # or "transposed" (the paper's; lowres trunk only)
     trunk: str = "lowres"  # or "unshuffle": the same blocks at half the LR resolution (about 4.6x fewer FLOPs)
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     perceptual_weight: float = 0.0
@@ -413,10 +427,12 @@ class TrainConfig:
     d_lr: float = 1e-4
     noise_sigma: tuple[float, float] = (0.01, 0.03)
     missing_prob: float = 0.2
-    val_every: int = 100
-    val_pairs: int = 64
+    textured_fraction: float = 0.5  # patches preferring texture; the rest uniform crops (see make_pairs)
+    val_every: int = 250
+    val_pairs: int = 256
     val_seed: int = 0  # val pairs depend on this only: every variant and training seed sees the same ones
-    patience: int = 5  # validations without improvement of the val loss before stopping
+    patience: int = 8  # validations without improvement of the SMOOTHED val loss before stopping
+    val_smoothing: float = 0.6  # smoothed = s · smoothed + (1 − s) · val loss (early stopping only)
     log_every: int = 50
     train_pool: int = 0  # > 0: draw batches from this many pairs made once (else fresh pairs every step)
     threads: int | None = None  # torch intra-op threads for this run (restored afterwards)
@@ -434,8 +450,22 @@ class TrainConfig:
             "channels": self.channels,
             "n_blocks": self.n_blocks,
             "conditioning": self.conditioning,
+            "upsampler": self.upsampler,
             "trunk": self.trunk,
         }
+
+    def learning_rate(self, step: int) -> float:
+        """Learning rate at ``step`` (1-based): linear warm-up, then cosine decay (or constant)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule != "cosine":
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        warmup = min(self.warmup_steps, self.steps // 10)
+        if step <= warmup:
+            return self.lr * step / warmup
+        progress = (step - warmup) / max(self.steps - warmup, 1)
+        floor = self.lr * self.final_lr_fraction
+        return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 @dataclass
@@ -458,7 +488,7 @@ class TrainResult:
     seconds: float
 
 
-def _progress(total: int):
+def progress_bar(total: int):
     """tqdm when installed, else None (a plain stderr line is printed every ``log_every`` steps)."""
     if importlib.util.find_spec("tqdm") is None:
         return None
@@ -467,43 +497,64 @@ def _progress(total: int):
     return tqdm(total=total, desc="train", file=sys.stderr)
 
 
-def _feature_network(spec: str) -> FeatureNetwork:
+def feature_network(spec: str) -> FeatureNetwork:
+    """``se-classifier`` (random trunk), ``se-classifier:<name>`` (registry, default root),
+    ``se-classifier:<root>/<name>`` (registry under ``root``), else a VGG-19 state-dict file."""
     if spec == "se-classifier":
         return FeatureNetwork.se_classifier()
     if spec.startswith("se-classifier:"):
-        return FeatureNetwork.se_classifier(name=spec.split(":", 1)[1])
+        where = Path(spec.split(":", 1)[1])
+        root = where.parent if len(where.parts) > 1 else None
+        return FeatureNetwork.se_classifier(registry_root=root, name=where.name)
     return FeatureNetwork.vgg19(spec)
+
+
+#: Val pairs grouped by the blur the degradation applied (motion + respiratory + cardiac kernel lengths, HR px):
+#: "still" = none, "blurred" = at least 5 px — the gain on each says whether the model inverts blur or only noise.
+BLUR_GROUPS: dict[str, tuple[int, int]] = {"still": (0, 0), "blurred": (5, 10**6)}
+
+
+def blur_px(params: DegradationParams) -> int:
+    """Total blur kernel length (motion + respiratory + cardiac, HR pixels) of one degradation."""
+    return params.motion_blur_px + params.resp_blur_px + params.cardiac_blur_px
+
+
+def _psnr_ssim(hr: np.ndarray, out: np.ndarray, params: Sequence[DegradationParams], prefix: str) -> dict[str, float]:
+    """Mean PSNR / SSIM over N×1×H×W pairs (data range 1), plus mean PSNR per :data:`BLUR_GROUPS` group."""
+    psnrs = np.array([metrics.psnr(hr[j, 0], out[j, 0], 1.0) for j in range(len(hr))])
+    ssims = [metrics.ssim(hr[j, 0], out[j, 0], 1.0) for j in range(len(hr))]
+    blur = np.array([blur_px(p) for p in params])
+    scores = {f"{prefix}_psnr": float(psnrs.mean()), f"{prefix}_ssim": float(np.mean(ssims))}
+    for group, (lo, hi) in BLUR_GROUPS.items():
+        chosen = (blur >= lo) & (blur <= hi)
+        if chosen.any():
+            scores[f"{prefix}_psnr_{group}"] = float(psnrs[chosen].mean())
+    return scores
 
 
 def _evaluate(
     model: nn.Module, val: PairBatch, content: EnhancerLoss, blind: bool, batch: int = 32
 ) -> dict[str, float]:
     """Val content loss, PSNR and SSIM (output clamped to [0, 1], data range 1), mean over the val pairs."""
+    was_training = model.training
     model.eval()
-    losses, psnrs, ssims = [], [], []
+    losses, outs = [], []
     with torch.no_grad():
         for i in range(0, len(val), batch):
             lr, hr, ctx = val.lr[i : i + batch], val.hr[i : i + batch], val.context[i : i + batch]
             sr = model(lr, torch.zeros_like(ctx) if blind else ctx)
             total, _ = content(sr, hr)
             losses.append(float(total) * lr.shape[0])
-            out = sr.clamp(0.0, 1.0).numpy()
-            for j in range(out.shape[0]):
-                psnrs.append(metrics.psnr(hr[j, 0].numpy(), out[j, 0], 1.0))
-                ssims.append(metrics.ssim(hr[j, 0].numpy(), out[j, 0], 1.0))
-    model.train()
-    return {"val_loss": sum(losses) / len(val), "val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+            outs.append(sr.clamp(0.0, 1.0).numpy())
+    model.train(was_training)
+    return {"val_loss": sum(losses) / len(val)} | _psnr_ssim(val.hr.numpy(), np.concatenate(outs), val.params, "val")
 
 
 def _bicubic(model: nn.Module, val: PairBatch) -> dict[str, float]:
     """PSNR/SSIM of the bicubic upsampling of the val LR patches (the enhancer's global-residual base)."""
     with torch.no_grad():
         up = model.base(val.lr).clamp(0.0, 1.0).numpy()
-    hr = val.hr.numpy()
-    return {
-        "bicubic_psnr": float(np.mean([metrics.psnr(hr[j, 0], up[j, 0], 1.0) for j in range(len(val))])),
-        "bicubic_ssim": float(np.mean([metrics.ssim(hr[j, 0], up[j, 0], 1.0) for j in range(len(val))])),
-    }
+    return _psnr_ssim(val.hr.numpy(), up, val.params, "bicubic")
 
 
 def _card(config: TrainConfig, train_subjects: list[str], val_subjects: list[str], scores: dict[str, float]):
@@ -519,7 +570,8 @@ def _card(config: TrainConfig, train_subjects: list[str], val_subjects: list[str
                 "val_subjects": val_subjects,
                 "degradation": (
                     f"gan.degrade from sampled vitals (true levels), x{config.scale} block mean, "
-                    f"noise sigma U{tuple(config.noise_sigma)}, channels missing p={config.missing_prob}"
+                    f"noise sigma U{tuple(config.noise_sigma)}, channels missing p={config.missing_prob}; "
+                    f"{config.patch}-px HR patches, {config.textured_fraction:g} of them texture-preferring"
                 ),
             },
             "command": config.command or f"gan.train.train_enhancer({config!r})",
@@ -576,16 +628,23 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
         raise ValueError("the train and the val split both need at least one usable slice")
     train_subjects = sorted({s.subject for s in train_slices})
     val_subjects = sorted({s.subject for s in val_slices})
-    pair_kw = {"patch": config.patch, "noise_sigma": tuple(config.noise_sigma), "missing_prob": config.missing_prob}
+    pair_kw = {
+        "patch": config.patch,
+        "noise_sigma": tuple(config.noise_sigma),
+        "missing_prob": config.missing_prob,
+        "textured_fraction": config.textured_fraction,
+    }
     val = make_pairs(val_slices, config.scale, np.random.default_rng(config.val_seed), config.val_pairs, **pair_kw)
 
     model = build("enhancer", **config.model_config())
     model.train()
+    # The EMA copy is what is validated and saved (the raw model when ema_decay is 0).
+    averaged = copy.deepcopy(model).eval() if config.ema_decay > 0 else model
     weights = dict(config.loss_weights)
     options: dict[str, dict[str, Any]] = {}
     if config.perceptual_weight > 0:
         weights["perceptual"] = config.perceptual_weight
-        options["perceptual"] = {"network": _feature_network(config.feature_network)}
+        options["perceptual"] = {"network": feature_network(config.feature_network)}
     content = EnhancerLoss(weights, options)
     discriminator = None
     if config.adversarial_weight > 0:
@@ -605,23 +664,34 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
     best: dict[str, float] = {}
     best_state: dict[str, Tensor] | None = None
     best_step, bad, stopped_early = 0, 0, False
+    smoothed_best, smoothed = math.inf, math.nan
     checkpoint = out / name
-    bar = _progress(config.steps)
+    bar = progress_bar(config.steps)
     tick = time.perf_counter()
 
     def validate(step: int) -> bool:
-        """Evaluate, checkpoint on improvement; True when patience is exhausted."""
-        nonlocal best, best_state, best_step, bad
-        scores = {"step": float(step), **_evaluate(model, val, content, config.blind)}
+        """Evaluate the (averaged) model, checkpoint on a lower val loss; True when patience is exhausted.
+
+        Patience counts validations without improvement of the SMOOTHED val loss, so one noisy validation
+        neither stops the run nor resets the count.
+        """
+        nonlocal best, best_state, best_step, bad, smoothed, smoothed_best
+        scores = {"step": float(step), "lr": config.learning_rate(step)}
+        scores |= _evaluate(averaged, val, content, config.blind)
+        s = config.val_smoothing
+        smoothed = scores["val_loss"] if math.isnan(smoothed) else s * smoothed + (1.0 - s) * scores["val_loss"]
+        scores["val_loss_smoothed"] = smoothed
         val_history.append(scores)
         if not best or scores["val_loss"] < best["val_loss"] - 1e-7:
-            best, best_step, bad = scores, step, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            card_metrics = {k: v for k, v in scores.items() if k != "step"} | baseline | {"best_step": float(step)}
+            best, best_step = scores, step
+            best_state = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
+            card_metrics = {k: v for k, v in scores.items() if k not in ("step", "lr")} | baseline
             save_model(
-                model, out, name, "enhancer", config.model_config(),
-                _card(config, train_subjects, val_subjects, card_metrics),
+                averaged, out, name, "enhancer", config.model_config(),
+                _card(config, train_subjects, val_subjects, card_metrics | {"best_step": float(step)}),
             )  # fmt: skip
+        if smoothed < smoothed_best - 1e-7:
+            smoothed_best, bad = smoothed, 0
         else:
             bad += 1
         return bad >= config.patience
@@ -639,11 +709,19 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
             ctx = torch.zeros_like(ctx)
         if discriminator is not None:
             discriminator.requires_grad_(False)
+        for group in optim.param_groups:
+            group["lr"] = config.learning_rate(step)
         sr = model(lr, ctx)
         loss, parts_now = criterion(sr, hr)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
+        if averaged is not model:
+            # Bias-corrected start: the decay grows to ema_decay, so early checkpoints are not the initial weights.
+            decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
+            with torch.no_grad():
+                for avg, live in zip(averaged.parameters(), model.parameters(), strict=True):
+                    avg.lerp_(live, 1.0 - decay)
         if discriminator is not None:
             discriminator.requires_grad_(True)
             d_loss = discriminator_loss(discriminator(hr), discriminator(sr.detach()), config.adversarial_mode)
@@ -688,7 +766,7 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
             _card(config, train_subjects, val_subjects, {}) | {"synthetic_output": False},
         )  # fmt: skip
 
-    result_metrics = {k: v for k, v in best.items() if k != "step"} | baseline
+    result_metrics = {k: v for k, v in best.items() if k not in ("step", "lr")} | baseline
     curve = write_loss_curve(
         out / f"{name}.loss.png",
         train_loss,
@@ -740,9 +818,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--modalities", default=",".join(d.modalities))
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up (at most steps / 10)")
+    p.add_argument("--final-lr-fraction", type=float, default=d.final_lr_fraction, help="cosine floor / peak")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights; 0 = off")
     p.add_argument("--scale", type=int, choices=(2, 4), default=d.scale)
     p.add_argument("--patch", type=int, default=d.patch, help="HR patch side")
+    p.add_argument(
+        "--textured-fraction", type=float, default=d.textured_fraction,
+        help="fraction of patches cropped where the image is textured (the rest: uniform random crops)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
     p.add_argument("--conditioning", choices=("alpha", "film", "none"), default=d.conditioning)
@@ -750,18 +836,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=d.channels)
     p.add_argument("--blocks", type=int, default=d.n_blocks)
     p.add_argument("--trunk", choices=("lowres", "unshuffle"), default=d.trunk)
+    p.add_argument("--upsampler", choices=("pixelshuffle", "transposed"), default=d.upsampler)
     p.add_argument("--l1-weight", type=float, default=d.loss_weights["l1"])
     p.add_argument("--ssim-weight", type=float, default=d.loss_weights["ssim"])
     p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight)
     p.add_argument(
         "--feature-network", default=d.feature_network,
-        help="se-classifier (random trunk), se-classifier:<registry name>, or a VGG-19 state-dict file",
+        help="se-classifier (random trunk), se-classifier:<registry name> (gan/weights), "
+        "se-classifier:<root>/<name>, or a VGG-19 state-dict file",
     )  # fmt: skip
     p.add_argument("--adversarial-weight", type=float, default=d.adversarial_weight)
     p.add_argument("--adversarial-mode", choices=("bce", "hinge"), default=d.adversarial_mode)
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--val-pairs", type=int, default=d.val_pairs)
-    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--patience", type=int, default=d.patience, help="validations without smoothed improvement")
+    p.add_argument("--val-smoothing", type=float, default=d.val_smoothing, help="EMA factor of the val loss")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--train-pool", type=int, default=d.train_pool, help="> 0: reuse this many pairs")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -780,15 +869,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         split_seed=args.split_seed,
         scale=args.scale,
         patch=args.patch,
+        textured_fraction=args.textured_fraction,
         batch_size=args.batch_size,
         steps=args.steps,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
+        final_lr_fraction=args.final_lr_fraction,
+        ema_decay=args.ema_decay,
         seed=args.seed,
         conditioning=args.conditioning,
         blind=args.blind,
         channels=args.channels,
         n_blocks=args.blocks,
         trunk=args.trunk,
+        upsampler=args.upsampler,
         loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight},
         perceptual_weight=args.perceptual_weight,
         feature_network=args.feature_network,
@@ -797,6 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_every=args.val_every,
         val_pairs=args.val_pairs,
         patience=args.patience,
+        val_smoothing=args.val_smoothing,
         log_every=args.log_every,
         train_pool=args.train_pool,
         threads=args.threads,

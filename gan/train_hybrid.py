@@ -58,7 +58,7 @@ from gan import data as gdata
 from gan.lesions import LesionPatches, lesion_patches
 from gan.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
 from gan.models.hybrid import QualityCriteria, SyntheticBatch, sample
-from gan.train import _feature_network, _progress, write_loss_curve, write_png
+from gan.train import feature_network, progress_bar, write_loss_curve, write_png
 
 __all__ = [
     "CHAIN",
@@ -247,7 +247,7 @@ class _Stage:
 def _run(stage: _Stage, steps: int, update: Any) -> None:
     """``steps`` calls of ``update(step)`` with progress output and periodic checkpoints."""
     config = stage.config
-    bar = _progress(steps)
+    bar = progress_bar(steps)
     tick = time.perf_counter()
     stage.generator.train()
     stage.discriminator.train()
@@ -360,7 +360,7 @@ def _train(config: HybridConfig, patches: LesionPatches | None) -> dict[str, Pat
 
     # Stage 4: SRGAN (stage 3, the criteria, has nothing to train).
     sr = _Stage("srgan", config, subjects)
-    perceptual = PerceptualLoss(_feature_network(config.feature_network))
+    perceptual = PerceptualLoss(feature_network(config.feature_network))
 
     def srgan_update(_step: int) -> None:
         hr, _ = next(batches)

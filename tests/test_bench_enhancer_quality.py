@@ -54,6 +54,11 @@ def test_quick_run_fields_and_no_leakage(weights: Path, volumes: list[data.Volum
     assert summary["pairs_by_modality"]["CT"] > 0 and summary["pairs_by_modality"]["MR"] > 0
     for modality in ("CT", "MR"):
         assert _finite(summary["by_modality"][modality]["enhancer"]["psnr_db"])
+    # every pair is in at most one blur group; the groups' pair counts agree across methods
+    by_blur = summary["by_blur"]
+    assert sum(g["bicubic"]["pairs"] for g in by_blur.values()) <= summary["pairs"]
+    for group in by_blur.values():
+        assert {m["pairs"] for m in group.values()} == {group["bicubic"]["pairs"]}
     # the classical strength was chosen on the val split, which holds no held-out subject
     tuning = summary["classical_tuning"]
     usable = [v for v in volumes if v.modality in ("CT", "MR") and not v.is_rgb]
@@ -80,7 +85,7 @@ def test_pairs_are_deterministic_and_held_out_only(volumes: list[data.Volume]) -
 
 
 def test_missing_weights_name_the_training_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(FileNotFoundError, match="aegle train enhancer"):
+    with pytest.raises(FileNotFoundError, match=r"python -m gan\.train enhancer .*--name enhancer-alpha-x2"):
         eq.run(tmp_path, "enhancer-alpha-x2")
     assert eq.main(["--weights", str(tmp_path), "--name", "nope", "--quick"]) == 2
-    assert "aegle train enhancer" in capsys.readouterr().err
+    assert "python -m gan.train enhancer" in capsys.readouterr().err

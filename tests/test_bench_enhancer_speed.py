@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from bench.enhancer_speed import count_flops, run_benchmark
 from gan.models.enhancer import ContextEnhancer
@@ -46,3 +47,25 @@ def test_run_benchmark_tiny() -> None:
     assert 0 <= result["parity_max_abs"] < 1e-3
     assert (result["batch"], result["lr_size"], result["hr_size"], result["runs"]) == (2, 16, 32, 1)
     assert result["weights"] == "random-init"
+
+
+def test_run_benchmark_on_registry_weights(tmp_path: Path) -> None:
+    """``--name``: the headline is the registry model's own config and weights (here a tiny unshuffle enhancer)."""
+    import torch
+
+    from gan.registry import save_model
+
+    torch.manual_seed(3)
+    config = {"in_channels": 1, "scale": 2, "channels": 8, "n_blocks": 1, "trunk": "unshuffle"}
+    card = {
+        "version": "test", "training": {"data": "none (speed test)", "command": "test", "seed": 3},
+        "input": {"channels": 1, "scale": 2, "context_size": CONTEXT_SIZE, "normalisation": "[0, 1]"},
+        "synthetic_output": True,
+    }  # fmt: skip
+    save_model(ContextEnhancer(**config), tmp_path, "tiny-x2", "enhancer", config, card)
+    result = run_benchmark(
+        batch=2, lr_size=16, runs=1, warmup=0, gemm_n=64, gemm_repeats=1, weights=(tmp_path, "tiny-x2")
+    )
+    assert result["weights"].startswith("tiny-x2 (sha256 ")
+    assert result["config"] == {"channels": 8, "n_blocks": 1, "trunk": "unshuffle"}
+    assert result["slices_per_s"] > 0 and 0 <= result["parity_max_abs"] < 1e-3

@@ -266,3 +266,36 @@ def test_perceptual_and_frozen_feature_network_in_training(volumes: list[data.Vo
     term(model(x), x).backward()
     assert model.weight.grad is not None and model.weight.grad.abs().sum() > 0
     assert all(torch.equal(before[k], v) for k, v in se.state_dict().items())  # BN statistics untouched
+
+
+def test_feature_network_from_a_registry_classifier(
+    volumes: list[data.Volume], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--feature-network se-classifier:<name>`` loads that classifier's trunk from the default weights root
+    (``se-classifier:<root>/<name>`` from another registry root)."""
+    from gan import registry
+    from gan.models import build
+    from gan.train import feature_network
+
+    torch.manual_seed(5)
+    classifier = build("se-classifier", in_channels=1)
+    card = {
+        "version": "test", "training": {"data": "none (plumbing test)", "command": "test", "seed": 5},
+        "input": {"channels": 1, "scale": 1, "context_size": 0, "normalisation": "[0, 1]"}, "synthetic_output": False,
+    }  # fmt: skip
+    registry.save_model(classifier, tmp_path / "weights", "triage-test", "se-classifier", {"in_channels": 1}, card)
+    monkeypatch.setattr(registry, "DEFAULT_ROOT", tmp_path / "weights")
+
+    network = feature_network("se-classifier:triage-test")
+    assert network.kind == "se-classifier:triage-test"
+    trunk = classifier.features.state_dict()
+    assert all(torch.equal(v, trunk[k]) for k, v in network.layers.state_dict().items())
+    with pytest.raises(registry.ModelCardError):
+        feature_network("se-classifier:no-such-classifier")
+    elsewhere = feature_network(f"se-classifier:{tmp_path / 'weights' / 'triage-test'}")  # <root>/<name> form
+    assert all(torch.equal(v, trunk[k]) for k, v in elsewhere.layers.state_dict().items())
+
+    config = _tiny(tmp_path / "run", steps=2, val_every=2, perceptual_weight=0.1, feature_network=network.kind)
+    result = train_enhancer(config, volumes)
+    assert math.isfinite(result.metrics["val_loss"]) and len(result.train_loss) == 2
+    assert "'perceptual': 0.1" in load_card(result.checkpoint / "card.json").notes
