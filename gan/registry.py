@@ -184,6 +184,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # weights and cards are package data, readable like any installed file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,254 @@
+"""Image-quality triage: is a slice of diagnostic quality, or noisy, motion-blurred, low-resolution (or several)?
+
+The server calls :func:`preprocess` on one 2-D grayscale image in [0, 1] (CT windowed, MR normalised as in
+:func:`gan.train.normalise_volume`), runs the ``triage-classifier`` weights (an ``se-classifier``) and hands the
+logits to :func:`interpret`, which says whether to enhance and why. :func:`classify` does all three.
+
+**Multi-label head.** The network has one sigmoid output per class of :data:`TRIAGE_CLASSES`, trained with
+binary cross-entropy, not one softmax over the four. Degradations co-occur (a restless, breathless patient on a
+fast low-dose scan is blurred *and* noisy; in the training and test data ~35 % of the samples carry two or three
+degradations): a softmax must pick one and is wrong on every such image, while independent outputs name each
+degradation, which is what choosing the enhancement (denoise / deblur / super-resolve) needs. ``diagnostic`` is
+its own output (target 1 exactly when no degradation was applied).
+
+**Fixed input: a native-resolution window, not a resize.** :func:`preprocess` takes the central
+:data:`INPUT_SIDE` × :data:`INPUT_SIDE` window of the image at its own pixel spacing (images smaller than that
+are mirror-padded). Shrinking a 512² slice to 128² would average 4×4 blocks and so remove exactly the pixel-level
+evidence the classes are about: noise grain, a 3-pixel motion smear, and the loss of detail of a ×2 acquisition.
+
+**What the classes mean** (the simulation of :mod:`gan.degrade`, severities in :data:`SEVERITY`):
+
+- ``noisy``: Gaussian noise (Rician for MR) with σ uniform in ``noise_sigma`` (fraction of the [0, 1] range);
+- ``motion-blurred``: :func:`gan.degrade.params_from_context` with a motion level uniform in ``motion`` (m/s²,
+  3–9 pixel blur at a random angle), plus breathing and cardiac blur for chest images;
+- ``low-resolution``: a ×2 or ×4 block-mean acquisition interpolated back to the matrix (cubic spline): an image
+  whose *effective* resolution is below its pixel grid. A small matrix by itself is read from the DICOM header
+  (Rows, Columns, PixelSpacing), not from the pixels.
+
+Every degradation is applied independently with probability :data:`DEGRADATION_PROB`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import os
+
+    from torch import nn
+
+    from gan.registry import ModelCard
+
+__all__ = [
+    "DEGRADATION_PROB",
+    "INPUT_SIDE",
+    "MODEL_NAME",
+    "SEVERITY",
+    "TRIAGE_CLASSES",
+    "TriageDegradation",
+    "TriageResult",
+    "apply_degradation",
+    "card_input",
+    "center_window",
+    "classify",
+    "enhance_score",
+    "interpret",
+    "load_triage",
+    "preprocess",
+    "sample_degradation",
+]
+
+#: Output order of the triage head (stored in the model card).
+TRIAGE_CLASSES: tuple[str, ...] = ("diagnostic", "noisy", "motion-blurred", "low-resolution")
+#: Side of the square window the classifier sees.
+INPUT_SIDE = 128
+#: Registry name of the shipped weights.
+MODEL_NAME = "triage-classifier"
+#: Ranges the simulated degradations are drawn from (uniform; ``scales`` uniform over the tuple).
+SEVERITY: dict[str, tuple[float, ...]] = {
+    "noise_sigma": (0.02, 0.10),
+    "motion": (2.5, 8.0),
+    "respiratory_rate": (16.0, 35.0),
+    "heart_rate": (75.0, 150.0),
+    "scales": (2, 4),
+}
+#: Probability of each degradation, independently (so P(diagnostic) = 0.6³ ≈ 0.22).
+DEGRADATION_PROB = 0.4
+_RANGE_TOLERANCE = 1e-3
+_MIN_SIDE = 32  # the SE-CNN's minimum input size
+
+
+# ------------------------------------------------------------------------------------------------- input
+
+
+def center_window(image: np.ndarray, side: int = INPUT_SIDE) -> np.ndarray:
+    """The central ``side``×``side`` window of a 2-D image at native resolution; a smaller axis is mirror-padded."""
+    h, w = image.shape
+    ph, pw = max(0, side - h), max(0, side - w)
+    if ph or pw:
+        image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
+        h, w = image.shape
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """One 2-D grayscale image in [0, 1] → the classifier input, 1×1×S×S float32 (:func:`center_window`, S = 128).
+
+    Raises ValueError for anything else (not 2-D, not numeric, NaN/inf, values outside [0, 1], a side < 32).
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"triage needs one 2-D grayscale image, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"image must be real-valued numeric, got dtype {arr.dtype}")
+    if min(arr.shape) < _MIN_SIDE:
+        raise ValueError(f"image sides must be >= {_MIN_SIDE} pixels, got {arr.shape[0]}×{arr.shape[1]}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"image values must be in [0, 1] (window CT, normalise MR first), got [{lo:.4g}, {hi:.4g}]")
+    window = center_window(np.clip(arr, 0.0, 1.0))
+    return np.ascontiguousarray(window[None, None], dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    """Per-class probabilities, the decision and why; ``degradations`` lists the classes at or above threshold."""
+
+    probabilities: dict[str, float]
+    enhance: bool
+    degradations: tuple[str, ...]
+    reason: str
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def enhance_score(probabilities: np.ndarray) -> np.ndarray:
+    """Score of "enhance" per row of N×4 probabilities: max(max degradation p, 1 − p(diagnostic))."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return np.maximum(p[..., 1:].max(axis=-1), 1.0 - p[..., 0])
+
+
+def interpret(logits: np.ndarray, threshold: float = 0.5) -> TriageResult:
+    """Decide from one image's 4 logits (shape 4 or 1×4, order :data:`TRIAGE_CLASSES`).
+
+    Enhance when any degradation has probability >= ``threshold`` or ``diagnostic`` is below it (doubt means
+    enhance: the derived series is labelled "not for diagnostic use" and the original is kept).
+    """
+    arr = np.asarray(logits, dtype=np.float64)
+    if arr.shape not in ((len(TRIAGE_CLASSES),), (1, len(TRIAGE_CLASSES))):
+        raise ValueError(f"expected {len(TRIAGE_CLASSES)} logits for one image, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("logits contain NaN or infinite values")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    p = _sigmoid(arr.reshape(-1))
+    probabilities = {name: float(v) for name, v in zip(TRIAGE_CLASSES, p, strict=True)}
+    found = tuple(name for name in TRIAGE_CLASSES[1:] if probabilities[name] >= threshold)
+    diagnostic = probabilities["diagnostic"]
+    if found:
+        reason = "degraded: " + ", ".join(f"{name} (p={probabilities[name]:.2f})" for name in found)
+    elif diagnostic < threshold:
+        reason = (
+            f"uncertain: no degradation reached p={threshold:.2f} but diagnostic quality is unlikely "
+            f"(p={diagnostic:.2f})"
+        )
+    else:
+        reason = f"diagnostic quality (p={diagnostic:.2f}); no degradation reached p={threshold:.2f}"
+    return TriageResult(probabilities, bool(found) or diagnostic < threshold, found, reason)
+
+
+def load_triage(root: str | os.PathLike[str] | None = None) -> tuple[nn.Module, ModelCard]:
+    """The shipped triage weights (``gan/weights/triage-classifier`` unless ``root``), sha256-checked."""
+    from gan.registry import load_model
+
+    model, card = load_model(root, MODEL_NAME)
+    classes = tuple(card.input.model_dump().get("classes", ()))
+    if classes != TRIAGE_CLASSES:
+        raise ValueError(f"{MODEL_NAME} card lists classes {classes}, this code expects {TRIAGE_CLASSES}")
+    return model, card
+
+
+def classify(model: nn.Module, image: np.ndarray, threshold: float = 0.5) -> TriageResult:
+    """:func:`preprocess` → ``model`` (eval, no grad) → :func:`interpret`."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(preprocess(image))).numpy()
+    return interpret(logits, threshold)
+
+
+# ------------------------------------------------------------------------------------------- degradations
+
+
+@dataclass(frozen=True)
+class TriageDegradation:
+    """What to apply: ``noise_sigma`` 0 = none, ``motion`` None = still patient, ``scale`` 1 = full resolution."""
+
+    noise_sigma: float = 0.0
+    motion: Mapping[str, float] | None = None
+    scale: int = 1
+
+
+def sample_degradation(rng: np.random.Generator, prob: float = DEGRADATION_PROB) -> TriageDegradation:
+    """Each degradation independently with probability ``prob``, severity uniform in :data:`SEVERITY`."""
+    noisy, moving, low_res = (bool(v) for v in rng.uniform(size=3) < prob)
+    sigma = float(rng.uniform(*SEVERITY["noise_sigma"])) if noisy else 0.0
+    motion = None
+    if moving:
+        motion = {k: float(rng.uniform(*SEVERITY[k])) for k in ("motion", "respiratory_rate", "heart_rate")}
+    scale = int(rng.choice(SEVERITY["scales"])) if low_res else 1
+    return TriageDegradation(sigma, motion, scale)
+
+
+def apply_degradation(
+    image: np.ndarray, degradation: TriageDegradation, modality: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(degraded image, 4 targets)``: blur → block mean → cubic interpolation back → noise, clipped to [0, 1].
+
+    ``image`` is 2-D in [0, 1] with sides divisible by the scale; ``modality`` as for
+    :func:`gan.degrade.params_from_context` ("CT:CHEST", "MR"). Targets follow :data:`TRIAGE_CLASSES`;
+    ``motion-blurred`` is 1 when a blur of at least 3 pixels was actually applied.
+    """
+    from scipy.ndimage import zoom
+
+    from gan.degrade import DegradationParams, degrade, params_from_context
+
+    blur = params_from_context(degradation.motion, modality, rng, scale=degradation.scale)
+    out = degrade(image, blur, (0.0, 1.0), rng)
+    if degradation.scale > 1:
+        out = zoom(out, degradation.scale, order=3, mode="grid-mirror", grid_mode=True)
+    if degradation.noise_sigma > 0:
+        noise = DegradationParams(noise_sigma=degradation.noise_sigma, rician=blur.rician)
+        out = degrade(out, noise, (0.0, 1.0), rng)
+    blurred = max(blur.motion_blur_px, blur.resp_blur_px, blur.cardiac_blur_px) > 1
+    targets = np.array([0.0, degradation.noise_sigma > 0, blurred, degradation.scale > 1], np.float32)
+    targets[0] = float(not targets[1:].any())
+    return np.clip(out, 0.0, 1.0).astype(np.float32), targets
+
+
+def card_input() -> dict[str, Any]:
+    """The ``input`` block of the triage model card."""
+    return {
+        "channels": 1,
+        "scale": 1,
+        "context_size": 0,
+        "normalisation": "CT: window (center, width) to [0, 1]; MR: (x - min) / (p99.5 - min) per volume; "
+        f"clipped to [0, 1]; then gan.triage.preprocess (central {INPUT_SIDE}x{INPUT_SIDE} window, native "
+        "resolution, mirror-padded when smaller)",
+        "side": INPUT_SIDE,
+        "classes": list(TRIAGE_CLASSES),
+        "head": "multi-label: one sigmoid per class",
+    }

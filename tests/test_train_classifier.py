@@ -1,0 +1,191 @@
+"""Classification metrics against scikit-learn / Mann–Whitney U, and the classifier training runs on real images."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gan import classification_metrics as cm
+from gan import data, triage
+from gan.registry import load_card, load_model, sha256_file
+from gan.train_classifier import ClassifierConfig, lesion_data, main, train_classifier, triage_data
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+def _cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    cases = []
+    for n, p in ((50, 0.5), (200, 0.2), (31, 0.8)):
+        y = (rng.uniform(size=n) < p).astype(np.int64)
+        score = np.round(0.3 * y + rng.uniform(size=n), 1)  # rounded: many ties
+        cases.append((y, score))
+    return cases
+
+
+def test_threshold_metrics_match_scikit_learn() -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    for y, score in _cases():
+        for threshold in (0.2, 0.6, 1.25):  # 1.25: no positive prediction at all (zero division)
+            pred = (score >= threshold).astype(np.int64)
+            assert cm.accuracy(y, pred) == pytest.approx(sk.accuracy_score(y, pred))
+            assert cm.precision(y, pred) == pytest.approx(sk.precision_score(y, pred, zero_division=0))
+            assert cm.recall(y, pred) == pytest.approx(sk.recall_score(y, pred, zero_division=0))
+            assert cm.f1(y, pred) == pytest.approx(sk.f1_score(y, pred, zero_division=0))
+            specificity = sk.recall_score(1 - y, 1 - pred, zero_division=0)
+            assert cm.specificity(y, pred) == pytest.approx(specificity)
+            assert cm.confusion(y, pred) == (
+                int(((y == 1) & (pred == 1)).sum()),
+                int(((y == 0) & (pred == 1)).sum()),
+                int(((y == 0) & (pred == 0)).sum()),
+                int(((y == 1) & (pred == 0)).sum()),
+            )
+
+
+def test_auc_matches_scikit_learn_and_mann_whitney_u() -> None:
+    from scipy.stats import mannwhitneyu
+
+    sk = pytest.importorskip("sklearn.metrics")
+    for y, score in _cases():
+        auc = cm.roc_auc(y, score)
+        assert auc == pytest.approx(sk.roc_auc_score(y, score))
+        u = mannwhitneyu(score[y == 1], score[y == 0]).statistic
+        assert auc == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()))
+
+
+def test_auc_hand_computed_small_cases() -> None:
+    # pairs (pos, neg): (0.35, 0.1) right, (0.35, 0.4) wrong, (0.8, *) right: 3 of 4
+    assert cm.roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert cm.roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts one half
+    assert cm.roc_auc(np.array([1, 0, 1]), np.array([3.0, -1.0, 2.0])) == 1.0
+    with pytest.raises(ValueError, match="one class"):
+        cm.roc_auc(np.array([1, 1]), np.array([0.2, 0.3]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        cm.accuracy(np.array([0, 2]), np.array([0, 1]))
+
+
+def test_bootstrap_interval_width_and_cluster_resampling() -> None:
+    rng = np.random.default_rng(1)
+    correct = (rng.uniform(size=400) < 0.7).astype(np.float64)
+    plain = cm.bootstrap_ci(lambda i: float(correct[i].mean()), 400, resamples=2000, seed=0)
+    assert plain.low < plain.value == correct.mean() < plain.high
+    # the normal approximation gives ±1.96·sqrt(p(1−p)/n) ≈ ±0.045
+    assert 0.07 < plain.high - plain.low < 0.11
+    assert plain == cm.bootstrap_ci(lambda i: float(correct[i].mean()), 400, resamples=2000, seed=0)
+
+    # two subjects, one always right, one at chance: resampling subjects widens the interval
+    two = np.concatenate([np.ones(200), (rng.uniform(size=200) < 0.5).astype(np.float64)])
+    groups = ["a"] * 200 + ["b"] * 200
+    flat = cm.bootstrap_ci(lambda i: float(two[i].mean()), 400, resamples=1000)
+    clustered = cm.bootstrap_ci(lambda i: float(two[i].mean()), 400, groups, resamples=1000)
+    assert clustered.value == flat.value
+    assert clustered.high - clustered.low > 3 * (flat.high - flat.low)
+    assert clustered.low < 0.6 and clustered.high > 0.95
+
+    # AUC is undefined on resamples holding one subject whose samples are all one class: skipped and counted
+    y = np.array([1] * 10 + [0] * 10)
+    report = cm.binary_report(y, np.linspace(0, 1, 20), groups=["p"] * 10 + ["n"] * 10, resamples=200)
+    assert report["auc"].skipped > 0 and report["accuracy"].skipped == 0
+    assert set(report) == {"accuracy", "precision", "recall", "f1", "specificity", "auc"}
+
+
+# ----------------------------------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def volumes() -> list[data.Volume]:
+    return [v for name in ("pydicom", "mni152", "pyradiomics") for v in data.load(name)]
+
+
+def test_triage_data_split_by_subject_and_targets(volumes: list[data.Volume]) -> None:
+    config = ClassifierConfig(val_samples=48, test_per_subject=6)
+    task = triage_data(config, volumes)
+    train, val, test = (set(task.description[f"{s}_subjects"]) for s in ("train", "val", "test"))
+    assert test == data.HELD_OUT_TEST_SUBJECTS
+    assert not (train & val) and not (train & test) and not (val & test)
+    x, y = task.sample(np.random.default_rng(0), 64)
+    assert x.shape == (64, 1, triage.INPUT_SIDE, triage.INPUT_SIDE) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    # diagnostic is exactly "no degradation"; every class occurs
+    assert np.array_equal(y[:, 0], 1.0 - y[:, 1:].max(axis=1))
+    assert (y.sum(axis=0) > 0).all()
+    assert task.test[0].shape[0] == len(task.test_groups) == 6 * len(test)
+
+
+def test_short_triage_run_lowers_loss_and_writes_checkpoint_card_png(
+    volumes: list[data.Volume], tmp_path: Path
+) -> None:
+    config = ClassifierConfig(
+        out=str(tmp_path), name="triage-tiny", widths=(8, 16), steps=40, batch_size=16, val_every=20,
+        val_samples=32, test_per_subject=8, log_every=20, resamples=100, threads=1, lr=3e-3,
+    )  # fmt: skip
+    result = train_classifier(config, volumes)
+    first, last = np.mean(result.train_loss[:8]), np.mean(result.train_loss[-8:])
+    assert last < first - 0.03, (first, last)
+    model, card = load_model(tmp_path, "triage-tiny")
+    assert not model.training
+    assert card.architecture == "se-classifier" and card.config["num_classes"] == 4
+    assert card.input.model_dump()["classes"] == list(triage.TRIAGE_CLASSES)
+    assert card.sha256 == sha256_file(tmp_path / "triage-tiny" / "model.safetensors")
+    for key in ("test_enhance_auc", "test_noisy_f1", "test_all_exact_match_accuracy", "test_enhance_accuracy"):
+        assert card.metrics[key] == result.metrics[key]
+        assert card.metrics[f"{key}_ci_low"] <= card.metrics[key] <= card.metrics[f"{key}_ci_high"]
+    assert card.metrics["n_test"] == 8 * len(data.HELD_OUT_TEST_SUBJECTS)
+    png = result.loss_curve.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and zlib.crc32(png) != 0
+    history = json.loads(result.history_file.read_text())
+    assert len(history["train_loss"]) == 40 and [v["step"] for v in history["val"]] == [20.0, 40.0]
+
+
+def test_lesion_run_with_hybrid_gan_augmentation(tmp_path: Path) -> None:
+    """The augmentation path end to end, with hybrid-GAN weights trained here for a couple of steps."""
+    from gan.train_hybrid import main as train_hybrid
+
+    hybrid = tmp_path / "hybrid"
+    assert train_hybrid(["--out", str(hybrid), "--dcgan-steps", "2", "--cgan-steps", "2", "--srgan-steps", "2",
+                         "--per-subject", "8", "--threads", "1"]) == 0  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["lesion", "--augment", "--hybrid-root", str(hybrid), "--synthetic", "16", "--per-subject", "40",
+            "--out", str(out), "--steps", "6", "--val-every", "3", "--batch-size", "8", "--resamples", "50",
+            "--widths", "8,16", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    card = load_card(out / "lesion-classifier-augmented" / "card.json")
+    described = card.training.data
+    assert isinstance(described, dict) and described["synthetic_training_patches"] == 16
+    assert set(described["test_subjects"]) == {"pyradiomics:brain2", "pyradiomics:lung2"}
+    assert "pyradiomics:brain2" not in described["train_subjects"]
+    assert card.training.command == "python -m gan.train_classifier " + " ".join(argv)
+    for key in ("auc", "f1", "accuracy", "precision", "recall", "specificity"):
+        assert f"test_lesion_{key}_ci_high" in card.metrics
+    assert card.metrics["n_test"] == 80
+
+
+def test_lesion_data_keeps_synthetic_out_of_val_and_test() -> None:
+    config = ClassifierConfig(task="lesion", per_subject=20)
+    task = lesion_data(config)
+    assert len(task.val[1]) == 20 and len(task.test[1]) == 40
+    assert set(task.test_groups) == {"pyradiomics:brain2", "pyradiomics:lung2"}
+    assert task.description["synthetic_training_patches"] == 0
+    x, y = task.sample(np.random.default_rng(0), 10)
+    assert x.shape == (10, 1, 64, 64) and set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_cli_rejects_augment_for_triage() -> None:
+    with pytest.raises(SystemExit, match="lesion task only"):
+        main(["triage", "--augment"])
+
+
+def test_shipped_lesion_weights_load_with_their_test_metrics() -> None:
+    from gan.registry import DEFAULT_ROOT
+
+    model, card = load_model(None, "lesion-classifier")
+    assert card.sha256 == sha256_file(DEFAULT_ROOT / "lesion-classifier" / "model.safetensors")
+    assert card.config["num_classes"] == 1 and not model.training
+    assert str(card.training.command).startswith("python -m gan.train_classifier lesion")
+    auc = card.metrics["test_lesion_auc"]
+    assert card.metrics["test_lesion_auc_ci_low"] <= auc <= card.metrics["test_lesion_auc_ci_high"]
+    assert card.metrics["n_test"] == 400

@@ -1,0 +1,175 @@
+"""Quality triage: preprocess / interpret contracts, the simulated degradations, and the shipped weights on real
+held-out slices (pyradiomics lung2 CT and brain2 MR)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gan import data, triage
+from gan.registry import DEFAULT_ROOT, load_card, load_model, sha256_file
+from gan.train import normalise_volume
+
+
+@pytest.fixture(scope="module")
+def pyradiomics() -> dict[str, np.ndarray]:
+    """Normalised pyradiomics volumes (lung window for CT, per-volume p99.5 for MR) by case."""
+    return {v.subject.split(":")[1]: normalise_volume(v) for v in data.load_pyradiomics()}
+
+
+def _held_out_slices(pyradiomics: dict[str, np.ndarray], per_subject: int = 6) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for case, modality in (("lung2", "CT:CHEST"), ("brain2", "MR:HEAD")):
+        volume = pyradiomics[case]
+        for z in np.linspace(volume.shape[0] * 0.25, volume.shape[0] * 0.75, per_subject).astype(int):
+            out.append((modality, volume[z]))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- preprocess
+
+
+def test_preprocess_takes_the_central_native_resolution_window(pyradiomics: dict[str, np.ndarray]) -> None:
+    ct = pyradiomics["lung2"][30]  # 512 × 512
+    x = triage.preprocess(ct)
+    assert x.shape == (1, 1, triage.INPUT_SIDE, triage.INPUT_SIDE) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0, 0], ct[192:320, 192:320])
+
+    breast = pyradiomics["breast1"][10]  # 120 × 45: mirror-padded on both axes
+    assert breast.shape == (120, 45)
+    y = triage.preprocess(breast)[0, 0]
+    top, left = (128 - 120) // 2, (128 - 45) // 2
+    np.testing.assert_array_equal(y[top : top + 120, left : left + 45], breast)
+    np.testing.assert_array_equal(y[top - 1, left : left + 45], breast[0])  # symmetric padding repeats the edge
+    # integers in [0, 1] and float64 are accepted; tiny excursions from rounding are clipped
+    assert triage.preprocess(np.clip(ct.astype(np.float64) + 1e-4, 0, 1.0005)).max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((2, 64, 64)), "2-D"),
+        (np.zeros((64, 64, 3)), "2-D"),
+        (np.zeros((16, 200)), ">= 32"),
+        (np.full((64, 64), np.nan), "NaN"),
+        (np.full((64, 64), 400.0), r"\[0, 1\]"),
+        (np.full((64, 64), -0.2), r"\[0, 1\]"),
+        (np.array([["a"] * 40] * 40), "numeric"),
+    ],
+)
+def test_preprocess_rejects_bad_input_with_a_reason(image: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        triage.preprocess(image)
+
+
+# --------------------------------------------------------------------------------------------------- interpret
+
+
+def test_interpret_decides_and_explains() -> None:
+    assert triage.TRIAGE_CLASSES == ("diagnostic", "noisy", "motion-blurred", "low-resolution")
+    clean = triage.interpret(np.array([4.0, -3.0, -5.0, -2.0]))
+    assert not clean.enhance and clean.degradations == ()
+    assert clean.reason.startswith("diagnostic quality") and "0.98" in clean.reason
+    assert clean.probabilities["diagnostic"] == pytest.approx(1 / (1 + math.exp(-4.0)))
+
+    both = triage.interpret(np.array([[-3.0, 2.0, -1.0, 0.5]]))  # 1×4 accepted
+    assert both.enhance and both.degradations == ("noisy", "low-resolution")
+    assert both.reason == "degraded: noisy (p=0.88), low-resolution (p=0.62)"
+
+    unsure = triage.interpret(np.array([-1.0, -1.0, -1.0, -1.0]))
+    assert unsure.enhance and unsure.degradations == () and unsure.reason.startswith("uncertain")
+    strict = triage.interpret(np.array([-3.0, 1.0, -1.0, -1.0]), threshold=0.8)
+    assert strict.degradations == () and strict.enhance  # p(noisy)=0.73 < 0.8, but diagnostic is unlikely
+
+    huge = triage.interpret(np.array([1e4, -1e4, -1e4, -1e4]))  # no overflow
+    assert huge.probabilities["diagnostic"] == 1.0 and huge.probabilities["noisy"] == 0.0
+    for bad in (np.zeros(3), np.zeros((2, 4)), np.array([0.0, np.inf, 0.0, 0.0])):
+        with pytest.raises(ValueError):
+            triage.interpret(bad)
+
+
+def test_enhance_score_is_the_decision_score() -> None:
+    p = np.array([[0.9, 0.1, 0.2, 0.3], [0.6, 0.1, 0.7, 0.0], [0.3, 0.1, 0.1, 0.1]])
+    np.testing.assert_allclose(triage.enhance_score(p), [0.3, 0.7, 0.7])
+
+
+# ------------------------------------------------------------------------------------------------ degradations
+
+
+def test_degradations_on_a_real_slice_and_their_targets(pyradiomics: dict[str, np.ndarray]) -> None:
+    ct = triage.center_window(pyradiomics["lung1"][24], 256).astype(np.float64)
+    rng = np.random.default_rng(0)
+
+    def laplacian_energy(image: np.ndarray) -> float:
+        return float(np.mean((4 * image[1:-1, 1:-1] - image[:-2, 1:-1] - image[2:, 1:-1] - image[1:-1, :-2]
+                              - image[1:-1, 2:]) ** 2))  # fmt: skip
+
+    same, target = triage.apply_degradation(ct, triage.TriageDegradation(), "CT:CHEST", rng)
+    np.testing.assert_allclose(same, ct, atol=1e-6)
+    assert target.tolist() == [1, 0, 0, 0]
+
+    noisy, target = triage.apply_degradation(ct, triage.TriageDegradation(noise_sigma=0.05), "CT:CHEST", rng)
+    assert target.tolist() == [0, 1, 0, 0]
+    assert 0.03 < float(np.std(noisy - ct)) < 0.06
+
+    motion = {"motion": 6.0, "respiratory_rate": 30.0, "heart_rate": 120.0}
+    blurred, target = triage.apply_degradation(ct, triage.TriageDegradation(motion=motion), "CT:CHEST", rng)
+    assert target.tolist() == [0, 0, 1, 0]
+    assert laplacian_energy(blurred) < 0.3 * laplacian_energy(ct)
+
+    low, target = triage.apply_degradation(ct, triage.TriageDegradation(scale=4), "CT:CHEST", rng)
+    assert target.tolist() == [0, 0, 0, 1] and low.shape == ct.shape
+    assert laplacian_energy(low) < 0.3 * laplacian_energy(ct)
+
+    all_three = triage.TriageDegradation(0.05, motion, 2)
+    _, target = triage.apply_degradation(ct, all_three, "MR", rng)
+    assert target.tolist() == [0, 1, 1, 1]
+
+    draws = [triage.sample_degradation(np.random.default_rng(s)) for s in range(400)]
+    clean = sum(d == triage.TriageDegradation() for d in draws) / len(draws)
+    assert abs(clean - (1 - triage.DEGRADATION_PROB) ** 3) < 0.07
+    assert {d.scale for d in draws} == {1, 2, 4}
+
+
+# ----------------------------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_triage_weights_load_with_matching_sha256() -> None:
+    directory = DEFAULT_ROOT / triage.MODEL_NAME
+    card = load_card(directory / "card.json")
+    assert card.sha256 == sha256_file(directory / "model.safetensors")
+    assert (directory / "model.safetensors").stat().st_size < 3_000_000
+    model, loaded = load_model(None, triage.MODEL_NAME)
+    assert loaded == card and not model.training
+    assert card.input.model_dump()["classes"] == list(triage.TRIAGE_CLASSES)
+    assert "python -m gan.train_classifier triage" in str(card.training.command)
+    assert card.metrics["test_enhance_auc_ci_low"] <= card.metrics["test_enhance_auc"]
+    model2, _ = triage.load_triage()
+    assert type(model2) is type(model)
+
+
+def test_shipped_triage_tells_clean_from_heavily_degraded_held_out_slices(
+    pyradiomics: dict[str, np.ndarray],
+) -> None:
+    """Random weights cannot pass: every degraded slice must score above its own clean version."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    model, _ = triage.load_triage()
+    heavy = triage.TriageDegradation(0.08, {"motion": 8.0, "respiratory_rate": 30.0, "heart_rate": 130.0}, 4)
+    rng = np.random.default_rng(0)
+    clean_scores, degraded_scores, degraded_enhanced, clean_kept = [], [], 0, 0
+    for modality, image in _held_out_slices(pyradiomics):
+        side = image.shape[0] - image.shape[0] % 4, image.shape[1] - image.shape[1] % 4
+        image = image[: side[0], : side[1]]
+        degraded, _ = triage.apply_degradation(image, heavy, modality, rng)  # the whole slice, then preprocess
+        results = [triage.classify(model, x) for x in (image, degraded)]
+        clean_scores.append(triage.enhance_score(np.array([list(results[0].probabilities.values())]))[0])
+        degraded_scores.append(triage.enhance_score(np.array([list(results[1].probabilities.values())]))[0])
+        degraded_enhanced += results[1].enhance
+        clean_kept += not results[0].enhance
+    pairs = len(clean_scores)
+    assert all(d > c for c, d in zip(clean_scores, degraded_scores, strict=True)), (clean_scores, degraded_scores)
+    assert degraded_enhanced == pairs
+    assert clean_kept >= pairs // 2, clean_scores
