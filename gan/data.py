@@ -143,7 +143,8 @@ def _dicom_roots() -> list[tuple[str, Path]]:
     ]
 
 
-def _lossy_syntaxes() -> set[str]:
+def lossy_syntaxes() -> set[str]:
+    """UIDs of the lossy-compression transfer syntaxes this pydicom knows."""
     from pydicom import uid
 
     names = ["JPEGBaseline8Bit", "JPEGExtended12Bit", "JPEG2000", "JPEGLSNearLossless", "HTJ2K", "JPEGXL"]
@@ -219,7 +220,7 @@ def _scan_dicom() -> tuple[list[Volume], list[Skipped]]:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import get_decoder
 
-    lossy = _lossy_syntaxes()
+    lossy = lossy_syntaxes()
     skipped: list[Skipped] = []
     candidates: list[tuple[str, Path, Any]] = []
     for prefix, root in _dicom_roots():
@@ -460,7 +461,8 @@ def load_retina() -> list[Volume]:
 # -------------------------------------------------------------------------------------------------------- slices
 
 
-def _foreground_threshold(volume: Volume) -> float:
+def foreground_threshold(volume: Volume) -> float:
+    """The display value above which a pixel counts as body (foreground) for :func:`slices`."""
     if volume.modality == "CT":
         return -500.0  # HU: soft tissue and bone, not air or lung
     data = display_pixels(volume)
@@ -476,7 +478,7 @@ def slices(volume: Volume, axis: int = 0, min_foreground: float = 0.1) -> list[S
     Foreground is above -500 HU for CT, else above 10 % of the way from the minimum to the 99th percentile of the
     display-oriented volume. A 2-D image (or RGB image) is one slice (``axis`` ignored).
     """
-    threshold = _foreground_threshold(volume)
+    threshold = foreground_threshold(volume)
     display = display_pixels(volume)
     if volume.is_rgb:
         display = display.mean(axis=-1)

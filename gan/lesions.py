@@ -142,7 +142,7 @@ def body_mask(volume: gdata.Volume) -> np.ndarray:
     """Per-slice body mask: :mod:`gan.data`'s foreground threshold, holes filled (so lungs count as body)."""
     from scipy.ndimage import binary_fill_holes
 
-    above = gdata.display_pixels(volume) > gdata._foreground_threshold(volume)  # the loaders' own definition
+    above = gdata.display_pixels(volume) > gdata.foreground_threshold(volume)  # the loaders' own definition
     return np.stack([binary_fill_holes(s) for s in above])
 
 

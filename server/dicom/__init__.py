@@ -1,0 +1,25 @@
+"""DICOM for Aegle: reading received instances, pixel mapping to and from model space, derived series.
+
+See docs/dicom.md for what is read, how pixels are mapped, and every attribute the derived series carries.
+"""
+
+from __future__ import annotations
+
+from server.dicom.derived import acquisition_time, context_summary, derived_series, is_aegle_output
+from server.dicom.pixels import ModelImage, PixelMapping, bicubic, from_model_space, to_model_space
+from server.dicom.reading import DicomInputError, read_instance, supported_syntaxes
+
+__all__ = [
+    "DicomInputError",
+    "ModelImage",
+    "PixelMapping",
+    "acquisition_time",
+    "bicubic",
+    "context_summary",
+    "derived_series",
+    "from_model_space",
+    "is_aegle_output",
+    "read_instance",
+    "supported_syntaxes",
+    "to_model_space",
+]

@@ -1,0 +1,349 @@
+"""The derived (enhanced) series Aegle writes, following DESIGN §4 and docs/dicom.md; acquisition times.
+
+Codes used (DICOM PS3.16, also in ``pydicom.sr.codedict``):
+
+* Derivation Code Sequence, CID 7203 "Image Derivation": (113085, DCM, "Spatial resampling") when the matrix
+  grows (×2/×4 super-resolution), (113087, DCM, "Smoothing") for ×1 (denoising only);
+* Source Image Sequence purpose, CID 7202: (121322, DCM, "Source image for image processing operation");
+* Contributing Equipment purpose, CID 7005: (109102, DCM, "Processing Equipment").
+
+The sensor context used is recorded twice, without patient identifiers: readable in DerivationDescription, and
+as JSON in Aegle's private block (creator ``AEGLE 1``, group 0x0071: xx01 model name, xx02 model version,
+xx03 context JSON).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydicom import uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.valuerep import DA, DT, TM
+
+from gan.data import lossy_syntaxes
+
+if TYPE_CHECKING:
+    from sensors.context import SensorContext
+
+MANUFACTURER = "Aegle"
+PRIVATE_GROUP = 0x0071
+PRIVATE_CREATOR = "AEGLE 1"
+SERIES_NUMBER_OFFSET = 1000
+NOT_FOR_DIAGNOSIS = "not for diagnostic use"
+_CODE_RESAMPLING = ("113085", "DCM", "Spatial resampling")
+_CODE_SMOOTHING = ("113087", "DCM", "Smoothing")
+_CODE_SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing operation")
+_CODE_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
+_SHORT = {"heart_rate": "HR", "spo2": "SpO2", "temperature": "T", "respiratory_rate": "RR",
+          "systolic_bp": "SBP", "diastolic_bp": "DBP", "motion": "motion"}
+# Attributes that describe the source's encoding or pixels and are wrong for the new matrix.
+_DROP = ("IconImageSequence", "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
+         "LargestPixelValueInSeries", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
+
+
+def _code(value: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
+def context_summary(context: SensorContext) -> dict[str, Any]:
+    """The non-identifying part of a sensor context (no patient id): time, window, completeness, levels, ages."""
+    return {
+        "at": context.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "window_s": context.window_s,
+        "completeness": round(context.completeness, 4),
+        "levels": dict(context.levels),
+        "ages_s": dict(context.ages_s),
+    }
+
+
+def _context_text(context: Mapping[str, Any] | None) -> str:
+    if context is None:
+        return "no sensor context (enhanced without vitals)"
+    levels = context.get("levels", {})
+    shown = ", ".join(f"{_SHORT.get(k, k)} {v:g}" for k, v in levels.items() if v is not None) or "no vitals"
+    return f"sensor context at {context.get('at')}: completeness {context.get('completeness', 0):.2f}; {shown}"
+
+
+def _now() -> tuple[str, str]:
+    now = datetime.now(UTC)
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+
+
+def _scaled_spacing(value: Any, scale: int) -> list[str] | None:
+    """PixelSpacing-like pair divided by ``scale``; None when the source's spacing is missing or not positive."""
+    try:
+        spacing = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if len(spacing) != 2 or min(spacing) <= 0:
+        return None
+    return [f"{v / scale:.10g}" for v in spacing]
+
+
+def _rescale_spacing(item: Dataset, scale: int) -> None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in item:
+            spacing = _scaled_spacing(item.get(keyword), scale)
+            if spacing is None:
+                del item[keyword]  # zero/empty spacing means "unknown" (e.g. RG1); halving it would still lie
+            else:
+                setattr(item, keyword, spacing)
+
+
+def _shift_position(position: Any, orientation: Any, spacing: Any, scale: int) -> list[str] | None:
+    """ImagePositionPatient of the first pixel of the ×``scale`` grid (same field of view, centres move)."""
+    try:
+        ipp = np.array([float(v) for v in position])
+        iop = np.array([float(v) for v in orientation])
+        row_spacing, col_spacing = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        return None
+    if ipp.shape != (3,) or iop.shape != (6,):
+        return None
+    shift = 0.5 / scale - 0.5  # in source pixels, along both in-plane axes (align_corners=False)
+    moved = ipp + shift * (iop[:3] * col_spacing + iop[3:] * row_spacing)
+    return [f"{v:.6f}" for v in moved]
+
+
+def _functional_items(ds: Dataset, sequence: str) -> list[Dataset]:
+    items = []
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups, []):
+            items += list(group.get(sequence, []))
+    return items
+
+
+def _update_geometry(ds: Dataset, scale: int) -> None:
+    """Pixel spacing ÷ scale and first-pixel positions moved, at the top level and in functional groups."""
+    source_spacing = ds.get("PixelSpacing")
+    if source_spacing is not None and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        moved = _shift_position(ds.ImagePositionPatient, ds.ImageOrientationPatient, source_spacing, scale)
+        if moved is not None:
+            ds.ImagePositionPatient = moved
+    measures = _functional_items(ds, "PixelMeasuresSequence")
+    orientation = next((i.ImageOrientationPatient for i in _functional_items(ds, "PlaneOrientationSequence")
+                        if "ImageOrientationPatient" in i), None)
+    spacing = next((i.PixelSpacing for i in measures if "PixelSpacing" in i), None)
+    if orientation is not None and spacing is not None:
+        for item in _functional_items(ds, "PlanePositionSequence"):
+            moved = _shift_position(item.get("ImagePositionPatient"), orientation, spacing, scale)
+            if moved is not None:
+                item.ImagePositionPatient = moved
+    _rescale_spacing(ds, scale)
+    for item in measures:
+        _rescale_spacing(item, scale)
+
+
+def _derived_image_type(value: Any, enhanced: bool) -> list[str]:
+    """DERIVED\\SECONDARY\\<source values 3…>; enhanced (functional-group) IODs keep value 2, which must be PRIMARY."""
+    values = [str(v) for v in value] if value is not None and not isinstance(value, str) else (
+        [value] if value else [])
+    second = values[1] if enhanced and len(values) > 1 else "SECONDARY"
+    return ["DERIVED", second, *values[2:]]
+
+
+def _is_enhanced(ds: Dataset) -> bool:
+    """True for multi-frame functional-group IODs (Enhanced CT/MR/…, Legacy Converted Enhanced)."""
+    return "PerFrameFunctionalGroupsSequence" in ds or "Enhanced" in getattr(ds.SOPClassUID, "name", "")
+
+
+def _mark_frame_types(ds: Dataset) -> None:
+    """Enhanced images: FrameType value 1/2 must agree with ImageType."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups, []):
+            for element in group:
+                if element.VR == "SQ" and element.keyword.endswith("FrameTypeSequence"):
+                    for item in element.value:
+                        if "FrameType" in item:
+                            item.FrameType = _derived_image_type(item.FrameType, enhanced=True)
+
+
+def _reference(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item
+
+
+def _equipment(model_name: str, model_version: str, description: str, when: tuple[str, str]) -> Dataset:
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code(_CODE_PROCESSING_EQUIPMENT)])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = model_name[:64]
+    item.SoftwareVersions = model_version[:64]
+    item.ContributionDateTime = when[0] + when[1]
+    item.ContributionDescription = description[:64]
+    return item
+
+
+def _fix_laterality(ds: Dataset) -> None:
+    """Series Laterality (Type 2C) of the new series: empty when the body part is unknown (it may be paired);
+    an empty value is dropped when the body part is named (an unpaired part must not carry it)."""
+    if "ImageLaterality" in ds or (ds.get("Laterality") not in (None, "")):
+        return
+    if ds.get("BodyPartExamined"):
+        if "Laterality" in ds:
+            del ds.Laterality
+    else:
+        ds.Laterality = ""
+
+
+def _series_number(source: Dataset) -> int:
+    try:
+        number = int(source.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return (number + SERIES_NUMBER_OFFSET) % (2**31 - 1)
+
+
+def derived_series(
+    sources: Sequence[Dataset],
+    enhanced: Sequence[np.ndarray],
+    *,
+    scale: int,
+    model_name: str,
+    model_version: str,
+    context: dict | None,
+    description: str,
+    strength: float | None = None,
+) -> list[Dataset]:
+    """One derived instance per source (DESIGN §4): new series in the same study, references, equipment, geometry.
+
+    ``enhanced[i]`` are the stored values for ``sources[i]`` (from :func:`server.dicom.from_model_space`),
+    ``context`` a :func:`context_summary` (or None when no vitals were used), ``description`` what was done
+    (goes into DerivationDescription and the Contributing Equipment item).
+    """
+    if len(sources) != len(enhanced):
+        raise ValueError(f"{len(sources)} sources but {len(enhanced)} enhanced images")
+    if not sources:
+        return []
+    if len({str(s.SeriesInstanceUID) for s in sources}) != 1:
+        raise ValueError("sources of one derived series must come from one series")
+    series_uid = uid.generate_uid()
+    when = _now()
+    code = _CODE_RESAMPLING if scale > 1 else _CODE_SMOOTHING
+    strength_text = "" if strength is None else f", strength {strength:.3g}"
+    derivation = (f"{description} Aegle {model_name} {model_version}, x{scale}{strength_text}; "
+                  f"{_context_text(context)}. {NOT_FOR_DIAGNOSIS.capitalize()}.")[:1024]
+    context_json = json.dumps(context, sort_keys=True, separators=(",", ":")) if context is not None else "null"
+    lossy = lossy_syntaxes()
+    out = []
+    for source, pixels in zip(sources, enhanced, strict=True):
+        ds = copy.deepcopy(source)
+        for keyword in (*_DROP, "PixelData"):
+            if keyword in ds:
+                del ds[keyword]
+        for tag in [e.tag for e in ds if 0x6000 <= e.tag.group <= 0x60FF and e.tag.group % 2 == 0]:
+            del ds[tag]  # overlays are drawn on the source matrix
+        sop_uid = uid.generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = source.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+        meta.ImplementationClassUID = uid.PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = "AEGLE_1"
+        ds.file_meta = meta
+        ds.SOPInstanceUID = sop_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = _series_number(source)
+        ds.SeriesDescription = f"Aegle enhanced x{scale} - {NOT_FOR_DIAGNOSIS}"
+        ds.SeriesDate, ds.SeriesTime = when
+        ds.InstanceCreationDate, ds.InstanceCreationTime = when
+        ds.ContentDate, ds.ContentTime = when
+        _fix_laterality(ds)
+        if "PixelAspectRatio" in ds and not ds.PixelAspectRatio:
+            del ds.PixelAspectRatio  # Type 1C: empty is invalid, absent means square pixels
+        ds.ImageType = _derived_image_type(source.get("ImageType"), _is_enhanced(source))
+        _mark_frame_types(ds)
+        ds.DerivationDescription = derivation
+        ds.DerivationCodeSequence = DicomSequence([_code(code)])
+        reference = _reference(source)
+        reference.PurposeOfReferenceCodeSequence = DicomSequence([_code(_CODE_SOURCE_IMAGE)])
+        ds.SourceImageSequence = DicomSequence([reference])
+        series_ref = Dataset()
+        series_ref.SeriesInstanceUID = source.SeriesInstanceUID
+        series_ref.ReferencedInstanceSequence = DicomSequence([_reference(source)])
+        ds.ReferencedSeriesSequence = DicomSequence([series_ref])
+        equipment = list(source.get("ContributingEquipmentSequence", []))
+        ds.ContributingEquipmentSequence = DicomSequence(
+            [*copy.deepcopy(equipment), _equipment(model_name, model_version, description, when)]
+        )
+        if source.file_meta.TransferSyntaxUID in lossy:
+            ds.LossyImageCompression = "01"  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
+        _update_geometry(ds, scale)
+        photometric = "RGB" if int(source.SamplesPerPixel) == 3 else str(source.PhotometricInterpretation)
+        ds.set_pixel_data(np.ascontiguousarray(pixels), photometric, int(source.BitsStored),
+                          generate_instance_uid=False)
+        if "NumberOfFrames" in source and "NumberOfFrames" not in ds:
+            ds.NumberOfFrames = 1
+        block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+        block.add_new(0x01, "LO", model_name[:64])
+        block.add_new(0x02, "LO", model_version[:64])
+        block.add_new(0x03, "UT", context_json)
+        out.append(ds)
+    return out
+
+
+def is_aegle_output(ds: Dataset) -> bool:
+    """True for objects Aegle derived (Contributing Equipment names Aegle, or Aegle's private block is present)."""
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if item.get("Manufacturer") == MANUFACTURER:
+            return True
+    try:
+        ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return False
+    return True
+
+
+def _offset(value: Any) -> tzinfo | None:
+    text = str(value or "").strip()
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
+        return None
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
+
+
+def _frame_datetime(ds: Dataset) -> Any:
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for group in ds.get(groups, [])[:1]:
+            for item in group.get("FrameContentSequence", []):
+                if item.get("FrameAcquisitionDateTime"):
+                    return item.FrameAcquisitionDateTime
+    return None
+
+
+def acquisition_time(ds: Dataset, default_tz: tzinfo) -> datetime | None:
+    """When the instance was acquired, as an aware UTC datetime, or None when the header does not say.
+
+    AcquisitionDateTime, else the first frame's FrameAcquisitionDateTime, else AcquisitionDate + AcquisitionTime,
+    else ContentDate + ContentTime, else SeriesDate + SeriesTime. A value without its own UTC offset is read in
+    TimezoneOffsetFromUTC when present, else in ``default_tz``.
+    """
+    local = _offset(ds.get("TimezoneOffsetFromUTC")) or default_tz
+    for value in (ds.get("AcquisitionDateTime"), _frame_datetime(ds)):
+        if value:
+            try:
+                moment = DT(str(value))
+            except ValueError:
+                continue
+            return (moment if moment.tzinfo else moment.replace(tzinfo=local)).astimezone(UTC)
+    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                             ("SeriesDate", "SeriesTime")):
+        date_value, time_value = ds.get(date_kw), ds.get(time_kw)
+        if not date_value or not time_value:
+            continue
+        try:
+            moment = datetime.combine(DA(str(date_value)), TM(str(time_value)))
+        except ValueError:
+            continue
+        return moment.replace(tzinfo=local).astimezone(UTC)
+    return None
