@@ -1,12 +1,15 @@
-"""Real Mosquitto and VictoriaMetrics processes on loopback, for the demo, the tests and the benchmarks.
+"""Real Mosquitto, VictoriaMetrics and Orthanc processes on loopback, for the demo, the tests and the benchmarks.
 
 Each service binds 127.0.0.1 on a free port, keeps its files in a directory it is given, and is stopped by
 :meth:`LocalService.stop` (or by leaving its ``with`` block). Production deployments run the same daemons from
-``deploy/`` and ``k8s/``; the broker settings here are the ones documented there.
+``deploy/`` and ``k8s/``; the broker settings here are the ones documented there. Orthanc cannot be told to bind
+loopback only, so it runs only inside a network namespace whose one interface is loopback (see
+:func:`loopback_only_network`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -35,10 +38,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    """True if ``url`` answers 200 now (readiness checks of local services and workers)."""
+def http_ok(url: str, timeout: float = 1.0, auth: tuple[str, str] | None = None) -> bool:
+    """True if ``url`` answers 200 now (readiness checks of local services and workers); ``auth``: basic auth."""
     try:
-        return httpx.get(url, timeout=timeout).status_code == 200
+        return httpx.get(url, timeout=timeout, auth=auth).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -252,3 +255,124 @@ class VictoriaMetrics(LocalService):
 
     def ready(self) -> bool:
         return http_ok(f"{self.url}/health", timeout=0.5)
+
+
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb
+
+
+def network_interfaces() -> list[str]:
+    """Names of the network interfaces of this process's network namespace.
+
+    Read from ``/proc/net/dev``, which follows the namespace; ``/sys/class/net`` does not (sysfs is not
+    remounted by ``unshare -n``) and would still list the host's interfaces.
+    """
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]  # two header lines
+    return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
+
+
+def loopback_only_network() -> bool:
+    """True inside a network namespace whose only interface is loopback (``unshare -n``)."""
+    return network_interfaces() == ["lo"]
+
+
+class Orthanc(LocalService):
+    """Orthanc with its DICOMweb plugin (root ``/dicom-web/``), HTTP authentication on and no remote peers.
+
+    ``users`` maps HTTP usernames to passwords (one user ``aegle`` with a generated password if not given).
+    ``stable_age`` is Orthanc's ``StableAge``: seconds without a new instance before a series counts as stable
+    (Orthanc's default is 60). Orthanc listens on every interface and cannot be restricted to loopback, so
+    :meth:`start` refuses unless this process runs in a loopback-only network namespace.
+    """
+
+    name = "orthanc"
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        dicom_port: int | None = None,
+        users: dict[str, str] | None = None,
+        stable_age: int = 60,
+    ) -> None:
+        super().__init__(workdir, port)
+        self.dicom_port = dicom_port or free_port()
+        self.users = dict(users) if users else {"aegle": secrets.token_urlsafe(18)}
+        if stable_age < 1:
+            raise ValueError(f"stable_age must be at least 1 s (Orthanc counts whole seconds), got {stable_age}")
+        self.stable_age = stable_age
+
+    @property
+    def url(self) -> str:
+        """Orthanc's REST API."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS, WADO-RS, STOW-RS)."""
+        return f"{self.url}/dicom-web"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        """Credentials of the first registered user, for clients and readiness checks."""
+        return next(iter(self.users.items()))
+
+    def config(self) -> dict[str, object]:
+        """The Orthanc configuration this server runs with."""
+        if not ORTHANC_DICOMWEB_PLUGIN.is_file():
+            raise FileNotFoundError(
+                f"{ORTHANC_DICOMWEB_PLUGIN} not found: install the Debian package 'orthanc-dicomweb'"
+            )
+        return {
+            "Name": "aegle-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+            "HttpServerEnabled": True,
+            "HttpPort": self.port,
+            # Only clients on loopback; with the namespace there is nothing else to reach it anyway.
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": self.users,
+            "DicomServerEnabled": True,
+            "DicomAet": "AEGLE-PACS",
+            "DicomPort": self.dicom_port,
+            # No DICOM or HTTP peers: Orthanc sends nothing anywhere, and only C-ECHO is accepted from unknown
+            # modalities (no C-STORE from an AET that is not configured).
+            "DicomModalities": {},
+            "OrthancPeers": {},
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
+            "ExecuteLuaEnabled": False,
+            "RestApiWriteToFileSystemEnabled": False,
+            "DeidentifyLogs": True,
+            "StableAge": self.stable_age,
+            "HttpThreadsCount": 8,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Servers": {}},
+        }
+
+    def command(self) -> Sequence[str]:
+        binary = require("Orthanc", "orthanc")
+        conf = self.workdir / "orthanc.json"
+        tmp = conf.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.config(), indent=2))
+        tmp.chmod(0o600)  # holds the registered users' passwords
+        tmp.replace(conf)
+        return [binary, str(conf)]
+
+    def start(self, timeout: float = 30.0) -> Orthanc:
+        """Start Orthanc (only inside a loopback-only network namespace) and wait for its authenticated API."""
+        if not loopback_only_network():
+            raise RuntimeError(
+                "refusing to start Orthanc: it listens on every network interface and this process sees "
+                f"{', '.join(network_interfaces())}. Run it inside a network namespace whose only interface is "
+                "loopback, e.g. unshare -n sh -c 'ip link set lo up && scripts/test ...' (scripts/test does this "
+                "for the test suite)."
+            )
+        super().start(timeout)
+        return self
+
+    def ready(self) -> bool:
+        return http_ok(f"{self.url}/system", timeout=0.5, auth=self.auth)

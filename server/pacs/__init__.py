@@ -1,0 +1,7 @@
+"""The PACS side: a DICOMweb client (STOW-RS, WADO-RS, QIDO-RS) and the Orthanc watch mode."""
+
+from server.pacs.dicomweb import DicomWebStore
+from server.pacs.errors import PacsError
+from server.pacs.watch import OrthancWatcher, run_watch, watcher_for
+
+__all__ = ["DicomWebStore", "OrthancWatcher", "PacsError", "run_watch", "watcher_for"]
