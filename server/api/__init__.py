@@ -1,0 +1,5 @@
+"""The HTTP inference service (FastAPI): ``create_app(settings, *, engine=None, pipeline=None, pacs=None)``."""
+
+from server.api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,1 @@
+"""The API's route families; each module exposes ``router``."""

@@ -1,0 +1,126 @@
+"""Liveness, readiness (models, broker, store, PACS — each with a reason), Prometheus metrics, the OpenAPI schema."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.api.deps import ServiceState, require, state
+from server.api.tokens import ROLES, Principal
+
+router = APIRouter(tags=["health"])
+METRICS_ROLES = ("operator", "admin")
+
+
+@router.get("/healthz", summary="Alive (no authentication)")
+def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+def check_models(st: ServiceState) -> tuple[bool, str]:
+    if st.engine is None:
+        return False, f"inference engine not started: {st.engine_error}"
+    if not st.engine.ready:
+        return False, "; ".join(f"{name}: {why}" for name, why in st.engine.missing.items()) or "no models"
+    return True, "loaded: " + ", ".join(m["name"] for m in st.engine.models())
+
+
+def check_broker(st: ServiceState) -> tuple[bool, str]:
+    """Connect to the MQTT broker with the service's credentials and disconnect."""
+    import paho.mqtt.client as mqtt
+
+    cfg = st.settings.mqtt
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        outcome["reason"] = reason
+        done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"aegle-readyz-{time.monotonic_ns()}",
+                         protocol=mqtt.MQTTv5)  # fmt: skip
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.secret())
+    if cfg.tls:
+        client.tls_set()
+    client.on_connect = on_connect
+    timeout = st.settings.api.probe_timeout_s
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout) + 1))
+        client.loop_start()
+        if not done.wait(timeout):
+            return False, f"no CONNACK from {cfg.host}:{cfg.port} within {timeout:g} s"
+        reason = outcome["reason"]
+        if reason.is_failure:
+            return False, f"broker {cfg.host}:{cfg.port} refused the connection: {reason}"
+        return True, f"connected to {cfg.host}:{cfg.port}"
+    except OSError as exc:
+        return False, f"cannot reach broker {cfg.host}:{cfg.port}: {exc}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def check_store(st: ServiceState) -> tuple[bool, str]:
+    from server.api.routes.patients import vitals_store
+
+    try:
+        ok = vitals_store(st).ping()
+    except Exception as exc:  # the store's own exceptions vary by backend; readiness reports, never raises
+        return False, f"store: {exc}"
+    return ok, f"{st.settings.store.backend} store " + ("answers" if ok else "does not answer")
+
+
+def check_pacs(st: ServiceState) -> tuple[bool, str]:
+    """A QIDO-RS query for one series on the configured DICOMweb PACS."""
+    if st.pacs is None:
+        return True, "no PACS configured (DICOM results are returned to the caller only)"
+    from server.pacs import PacsError
+
+    try:
+        st.pacs.search_series(limit=1)
+    except PacsError as exc:
+        return False, f"PACS: {exc}"
+    return True, "PACS answers QIDO-RS"
+
+
+CHECKS = {"models": check_models, "broker": check_broker, "store": check_store, "pacs": check_pacs}
+
+
+@router.get("/readyz", summary="Ready: models loaded; broker, store and PACS reachable (no authentication)")
+async def readyz(request: Request) -> JSONResponse:
+    st = state(request)
+    timeout = st.settings.api.probe_timeout_s + 1
+
+    async def run(check: Any) -> tuple[bool, str]:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(check, st), timeout)
+        except TimeoutError:
+            return False, f"no answer within {timeout:g} s"
+        except Exception as exc:  # a probe that breaks reports "not ready", it never fails the endpoint
+            return False, f"{type(exc).__name__}: {exc}"
+
+    results = await asyncio.gather(*(run(c) for c in CHECKS.values()))
+    checks = {name: {"ok": ok, "reason": reason} for name, (ok, reason) in zip(CHECKS, results, strict=True)}
+    ready = all(ok for ok, _ in results)
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+def metrics(request: Request, _: Annotated[Principal, Depends(require(*METRICS_ROLES))]) -> Response:
+    st = state(request)
+    body = generate_latest(st.metrics.registry)
+    if st.engine is not None:
+        body += generate_latest(st.engine.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", summary="The OpenAPI schema (any valid token)", include_in_schema=False)
+def openapi(request: Request, _: Annotated[Principal, Depends(require(*ROLES))]) -> JSONResponse:
+    return JSONResponse(request.app.openapi())

@@ -1,0 +1,324 @@
+"""The inference engine: registry models behind one backend, warmed up, fed through one micro-batcher.
+
+``InferenceEngine.from_settings(settings.inference)`` loads ``enhancer-x2`` and ``triage-classifier`` from the
+registry (``gan/weights`` or ``settings.weights_dir``), picks the backend (``auto``: TensorRT with CUDA, else
+ONNX Runtime on CPU; ``torch`` / ``onnxruntime`` / ``tensorrt`` force one), warms each model up and starts the
+:class:`~server.inference.batcher.MicroBatcher`. A model that is not in the registry is recorded in
+:attr:`InferenceEngine.missing` with the reason (``/readyz`` reports it) instead of stopping the service.
+
+"Strength": the enhancer's adaptive ``α = 2σ(MLP(context))`` per residual block (1 = the unconditioned
+residual, < 1 softer, > 1 stronger); :class:`EnhanceOutput` reports their mean as ``strength`` and each block's
+value in ``alphas``. Models without α conditioning report ``strength=None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
+from server.inference.batcher import MicroBatcher, QueueFull
+from server.settings import InferenceSettings
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gan.registry import ModelCard
+    from gan.triage import TriageResult
+
+log = logging.getLogger("aegle.inference")
+
+__all__ = ["ENHANCER", "TRIAGE", "EnhanceOutput", "InferenceEngine", "InferenceMetrics", "LoadedModel", "ModelMissing"]
+
+ENHANCER = "enhancer-x2"
+TRIAGE = "triage-classifier"
+# Registry architectures the engine can serve, and their ONNX input names.
+INPUTS: dict[str, tuple[str, ...]] = {"enhancer": ("image", "context"), "se-classifier": ("image",)}
+WARMUP_SIZE = 64
+
+
+class ModelMissing(LookupError):
+    """A model the request needs is not loaded; the message says why."""
+
+
+@dataclass(frozen=True)
+class EnhanceOutput:
+    """What :meth:`InferenceEngine.enhance` produced and what it applied."""
+
+    images: np.ndarray  # N×sH×sW float32 (not clamped: callers map back to stored values and clip there)
+    model_name: str
+    model_version: str
+    strength: float | None  # mean α over blocks and images; None for models without α conditioning
+    alphas: tuple[float, ...] | None  # mean α of each block
+    backend: str
+    context_used: bool  # False: no context was given and the model saw the all-missing (zero) vector
+    scale: int
+
+
+@dataclass
+class LoadedModel:
+    """One served model: its card, the torch module (kept for α and parity) and the backend that runs it."""
+
+    card: ModelCard
+    module: nn.Module
+    backend: Backend
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (no weights paths)."""
+        c = self.card
+        return {
+            "name": c.name, "architecture": c.architecture, "version": c.version, "sha256": c.sha256,
+            "parameters": c.parameters, "backend": self.backend.name, "synthetic_output": c.synthetic_output,
+            "input": c.input.model_dump(), "metrics": c.metrics,
+        }  # fmt: skip
+
+
+class InferenceMetrics:
+    """Prometheus metrics of the engine (own registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.queue_depth = Gauge("aegle_inference_queue_depth", "Items waiting for a batch", registry=self.registry)
+        self.batch_size = Histogram(
+            "aegle_inference_batch_size", "Items per executed batch", ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=self.registry,
+        )  # fmt: skip
+        self.inference_seconds = Histogram(
+            "aegle_inference_seconds", "Backend time per batch", ["model", "backend"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "aegle_inference_rejected", "Requests refused because the queue was full", ["model"],
+            registry=self.registry,
+        )  # fmt: skip
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a metric sample (0 if absent)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+class InferenceEngine:
+    """Served models + micro-batcher. Thread-safe; :meth:`close` stops the batcher."""
+
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        settings: InferenceSettings,
+        missing: dict[str, str] | None = None,
+        warm_up: bool = True,
+    ) -> None:
+        self.settings = settings
+        self._models = {m.name: m for m in models}
+        self.missing = dict(missing or {})
+        self.metrics = InferenceMetrics()
+        if warm_up:
+            self.warm_up()
+        self.batcher = MicroBatcher(
+            self._run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+            queue_max=settings.queue_max, name="aegle-inference",
+        )  # fmt: skip
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+
+    @classmethod
+    def from_settings(
+        cls, settings: InferenceSettings, names: Sequence[str] = (ENHANCER, TRIAGE), warm_up: bool = True
+    ) -> InferenceEngine:
+        """Load ``names`` from the registry on the configured backend; missing models are recorded, not fatal."""
+        import torch
+
+        from gan.export import ParityError
+        from gan.registry import RegistryError, load_model
+
+        if settings.threads:
+            from threadpoolctl import threadpool_limits
+
+            torch.set_num_threads(settings.threads)
+            # numpy's BLAS too: the DICOM pixel mapping (bicubic as two GEMMs) runs in the same process.
+            threadpool_limits(limits=settings.threads, user_api="blas")
+        backend = resolve(settings.backend)
+        models: list[LoadedModel] = []
+        missing: dict[str, str] = {}
+        for name in names:
+            try:
+                module, card = load_model(settings.weights_dir, name)
+                models.append(cls.serve(module, card, backend, settings))
+            except (RegistryError, ParityError, ValueError) as exc:
+                missing[name] = str(exc)
+                log.error("model %s not served: %s", name, exc)
+        return cls(models, settings, missing, warm_up=warm_up)
+
+    @staticmethod
+    def serve(module: nn.Module, card: ModelCard, backend: str, settings: InferenceSettings) -> LoadedModel:
+        """Wrap a loaded registry model in ``backend`` (exporting/compiling as that backend needs)."""
+        if card.architecture not in INPUTS:
+            raise ValueError(f"{card.name}: architecture {card.architecture!r} is not servable ({sorted(INPUTS)})")
+        runner: Backend
+        if backend == "onnxruntime":
+            runner = OnnxBackend(module, card, INPUTS[card.architecture], settings.cache_dir, settings.threads)
+        elif backend == "tensorrt":
+            runner = TensorRTBackend(module, card, settings.cache_dir)
+        else:
+            runner = TorchBackend(module)
+        return LoadedModel(card, module, runner)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def ready(self) -> bool:
+        """Every requested model is loaded."""
+        return not self.missing and bool(self._models)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Summaries of the served models."""
+        return [m.describe() for m in self._models.values()]
+
+    def model(self, name: str) -> LoadedModel:
+        """The served model ``name``; :class:`ModelMissing` (with the reason) if it is not loaded."""
+        try:
+            return self._models[name]
+        except KeyError:
+            reason = self.missing.get(name, "not requested at start-up")
+            raise ModelMissing(f"model {name!r} is not loaded: {reason}") from None
+
+    def warm_up(self) -> None:
+        """Run each model once (64×64, batch 1) so the first request does not pay for initialisation."""
+        for m in self._models.values():
+            started = time.perf_counter()
+            m.backend.run(self._example(m, WARMUP_SIZE, WARMUP_SIZE))
+            log.info("warmed up %s on %s in %.2f s", m.name, m.backend.name, time.perf_counter() - started)
+
+    @staticmethod
+    def _example(m: LoadedModel, h: int, w: int) -> list[np.ndarray]:
+        inputs = [np.zeros((1, m.card.input.channels, h, w), np.float32)]
+        if "context" in INPUTS[m.card.architecture]:
+            inputs.append(np.zeros((1, m.card.input.context_size), np.float32))
+        return inputs
+
+    # ------------------------------------------------------------------ batching
+
+    def submit(
+        self, name: str, payloads: Sequence[tuple[np.ndarray, ...]], queue_timeout: float | None = 0.0
+    ) -> list[Future[np.ndarray]]:
+        """Queue per-item inputs (without the batch axis) for model ``name``; one future per item."""
+        model = self.model(name)
+        key = (name, tuple(tuple(a.shape) for a in payloads[0]))
+        try:
+            return self.batcher.submit(key, payloads, timeout=queue_timeout)
+        except QueueFull:
+            self.metrics.rejected.labels(model=model.name).inc()
+            raise
+
+    def run_all(
+        self, name: str, payloads: Sequence[tuple[np.ndarray, ...]], queue_timeout: float | None
+    ) -> list[np.ndarray]:
+        """Run every item through the batcher in parts of at most ``max_batch`` and wait for the results."""
+        results: list[np.ndarray] = []
+        step = min(self.settings.max_batch, self.settings.queue_max)
+        for start in range(0, len(payloads), step):
+            futures = self.submit(name, payloads[start : start + step], queue_timeout)
+            results.extend(f.result() for f in futures)
+        return results
+
+    def _run_batch(self, key: Hashable, payloads: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+        name = key[0]  # type: ignore[index]
+        model = self._models[name]
+        inputs = [np.stack([p[i] for p in payloads]) for i in range(len(payloads[0]))]
+        started = time.perf_counter()
+        out = model.backend.run(inputs)
+        self.metrics.inference_seconds.labels(model=name, backend=model.backend.name).observe(
+            time.perf_counter() - started
+        )
+        self.metrics.batch_size.labels(model=name).observe(len(payloads))
+        return list(out)
+
+    # ------------------------------------------------------------------ model calls
+
+    def enhance(
+        self,
+        images: np.ndarray,
+        context: np.ndarray | None = None,
+        *,
+        model: str = ENHANCER,
+        queue_timeout: float | None = None,
+    ) -> EnhanceOutput:
+        """Enhance N×H×W float32 images in [0, 1] with one context vector (or N of them, or None).
+
+        Sizes the architecture cannot take (odd sides for ``trunk="unshuffle"``) are reflect-padded and the
+        output cropped back to ``scale·H × scale·W``.
+
+        ``queue_timeout``: how long to wait for room in the queue (None: wait — the pipeline's default;
+        0: raise :class:`QueueFull` at once — what the API does).
+        """
+        served = self.model(model)
+        card = served.card
+        if card.architecture != "enhancer" or card.input.channels != 1:
+            raise ValueError(f"model {model!r} is not a one-channel enhancer")
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 3 or 0 in images.shape:
+            raise ValueError(f"images must be N×H×W, got shape {images.shape}")
+        n = images.shape[0]
+        size = card.input.context_size
+        if context is None:
+            contexts = np.zeros((n, size), np.float32)
+        else:
+            contexts = np.asarray(context, dtype=np.float32).reshape(-1, size)
+            if contexts.shape[0] == 1:
+                contexts = np.repeat(contexts, n, axis=0)
+            if contexts.shape[0] != n:
+                raise ValueError(f"{contexts.shape[0]} context vectors for {n} images")
+        h, w = images.shape[1:]
+        multiple = int(getattr(served.module, "size_multiple", 1))  # e.g. 2 for trunk="unshuffle"
+        pad_h, pad_w = -h % multiple, -w % multiple
+        if pad_h or pad_w:  # reflect-pad to the multiple, crop the output back
+            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+        payloads = [(images[i][None], contexts[i]) for i in range(n)]
+        outputs = self.run_all(model, payloads, queue_timeout)
+        alphas = self._alphas(served, contexts)
+        scale = card.input.scale
+        return EnhanceOutput(
+            images=np.stack([o[0, : scale * h, : scale * w] for o in outputs]),
+            model_name=card.name,
+            model_version=card.version,
+            strength=None if alphas is None else round(float(np.mean(alphas)), 4),
+            alphas=None if alphas is None else tuple(round(float(a), 4) for a in alphas.mean(axis=0)),
+            backend=served.backend.name,
+            context_used=context is not None,
+            scale=scale,
+        )
+
+    @staticmethod
+    def _alphas(served: LoadedModel, contexts: np.ndarray) -> np.ndarray | None:
+        """N×blocks α of an α-conditioned enhancer (the context MLP only: cheap), else None."""
+        import torch
+
+        module = served.module
+        if getattr(module, "conditioning", None) != "alpha":
+            return None
+        with torch.inference_mode():
+            return module.alphas(torch.from_numpy(contexts)).numpy()  # type: ignore[operator]
+
+    def triage(self, image: np.ndarray, *, model: str = TRIAGE, queue_timeout: float | None = None) -> TriageResult:
+        """Triage one 2-D image in [0, 1] (``gan.triage``: central window → SE-CNN → per-class decision)."""
+        from gan.triage import interpret, preprocess
+
+        served = self.model(model)
+        if served.card.architecture != "se-classifier":
+            raise ValueError(f"model {model!r} is not a classifier")
+        (logits,) = self.run_all(model, [(preprocess(image)[0],)], queue_timeout)
+        return interpret(logits)
+
+    def close(self) -> None:
+        """Finish queued work and stop the batcher."""
+        self.batcher.close()

@@ -1,0 +1,234 @@
+"""The inference engine: backends (ONNX Runtime vs torch parity, export cache), warm-up, micro-batching, back-pressure.
+
+Models: the real architectures with random-init weights in a temporary registry (see tests/api_support.py).
+Batching tests hold the single batch worker at a gate (a wrapper around the real backend) so that what queues
+meanwhile is deterministic; the inference itself is real.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
+from gan.registry import load_model
+from server.inference import ENHANCER, InferenceEngine, MicroBatcher, QueueFull
+from server.inference.backends import TorchBackend, onnx_path, resolve
+from server.inference.engine import LoadedModel
+from tests.api_support import (
+    Service,
+    inference_settings,
+    png_bytes,
+    real_slice,
+    service_settings,
+)
+
+
+class GatedBackend:
+    """The real torch backend, held at ``gate`` and recording each batch's input shapes."""
+
+    def __init__(self, inner: TorchBackend, gate: threading.Event) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.gate = gate
+        self.batches: list[tuple[int, ...]] = []
+        self.entered = threading.Event()
+
+    def run(self, inputs: Any) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(30), "gate never opened"
+        self.batches.append(tuple(inputs[0].shape))
+        return self.inner.run(inputs)
+
+
+def gated_engine(model_root: Path, tmp_path: Path, **settings: Any) -> tuple[InferenceEngine, GatedBackend]:
+    module, card = load_model(model_root, ENHANCER)
+    gate = threading.Event()
+    backend = GatedBackend(TorchBackend(module), gate)
+    eng = InferenceEngine([LoadedModel(card, module, backend)], inference_settings(model_root, tmp_path, **settings),
+                          warm_up=False)  # fmt: skip
+    return eng, backend
+
+
+def occupy_worker(eng: InferenceEngine, backend: GatedBackend, pool: ThreadPoolExecutor) -> Any:
+    """Start one request and wait until the worker holds it at the gate (the queue is then empty)."""
+    first = pool.submit(eng.enhance, np.zeros((1, 32, 32), np.float32))
+    assert backend.entered.wait(10)
+    return first
+
+
+def wait_depth(eng: InferenceEngine, depth: int) -> None:
+    deadline = time.monotonic() + 10
+    while eng.batcher.depth != depth:
+        assert time.monotonic() < deadline, f"queue depth {eng.batcher.depth}, expected {depth}"
+        time.sleep(0.005)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def test_onnxruntime_and_torch_agree_on_the_served_output(
+    model_root: Path, tmp_path: Path, engine: InferenceEngine
+) -> None:
+    torch_engine = InferenceEngine.from_settings(inference_settings(model_root, tmp_path, backend="torch"))
+    try:
+        image = real_slice(96)[None]
+        context = np.linspace(-1, 1, 22, dtype=np.float32)
+        ort_out = engine.enhance(image, context)
+        eager = torch_engine.enhance(image, context)
+    finally:
+        torch_engine.close()
+    assert (ort_out.backend, eager.backend) == ("onnxruntime", "torch")
+    assert ort_out.images.shape == eager.images.shape == (1, 192, 192)
+    assert np.abs(ort_out.images - eager.images).max() < 1e-4
+    assert ort_out.strength == eager.strength and ort_out.alphas == eager.alphas and ort_out.context_used
+
+
+def test_unshuffle_trunk_serves_odd_sizes_on_both_backends(tmp_path: Path) -> None:
+    """The shipped enhancer's trunk needs even sides: the engine pads and crops, identically on both backends."""
+    import torch
+
+    from gan.models import build
+    from gan.registry import save_model
+
+    torch.manual_seed(1)
+    card = {"version": "0.0.0-test", "training": {"data": "none: random init", "command": "pytest", "seed": 1},
+            "input": {"channels": 1, "scale": 2, "context_size": 22, "normalisation": "[0, 1]"},
+            "synthetic_output": False}  # fmt: skip
+    save_model(build("enhancer", trunk="unshuffle"), tmp_path / "reg", ENHANCER, "enhancer", {"trunk": "unshuffle"},
+               card)  # fmt: skip
+    image = real_slice(64)[None, :51, :47]
+    outs = []
+    for backend in ("onnxruntime", "torch"):
+        eng = InferenceEngine.from_settings(
+            inference_settings(tmp_path / "reg", tmp_path / "cache", backend=backend), names=(ENHANCER,)
+        )
+        outs.append(eng.enhance(image).images)
+        eng.close()
+    assert outs[0].shape == outs[1].shape == (1, 102, 94)
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
+
+
+def test_onnx_export_is_cached_by_weights_sha256(model_root: Path, tmp_path: Path) -> None:
+    settings = inference_settings(model_root, tmp_path / "cache")
+    first = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
+    first.close()
+    card = first.model(ENHANCER).card
+    path = onnx_path(settings.cache_dir, card)
+    assert path.name == f"{ENHANCER}-{card.sha256}.onnx" and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    second = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
+    second.close()
+    assert path.stat().st_mtime_ns == stamp  # reused, not re-exported
+    assert [p.name for p in settings.cache_dir.iterdir()] == [path.name]  # no staging files left
+
+
+def test_backend_choice_here_and_tensorrt_refused_with_the_reason(model_root: Path, tmp_path: Path) -> None:
+    reason = tensorrt_unavailable_reason()
+    assert reason is not None  # no CUDA on this machine
+    assert resolve("auto") == "onnxruntime" and resolve("torch") == "torch"
+    with pytest.raises(TensorRTUnavailable, match="no CUDA GPU"):
+        InferenceEngine.from_settings(inference_settings(model_root, tmp_path, backend="tensorrt"))
+
+
+def test_warm_up_runs_each_model_once_before_serving(model_root: Path, tmp_path: Path) -> None:
+    module, card = load_model(model_root, ENHANCER)
+    gate = threading.Event()
+    gate.set()
+    backend = GatedBackend(TorchBackend(module), gate)
+    eng = InferenceEngine([LoadedModel(card, module, backend)], inference_settings(model_root, tmp_path))
+    eng.close()
+    assert backend.batches == [(1, 1, 64, 64)]
+
+
+# --------------------------------------------------------------------------- micro-batching
+
+
+def test_concurrent_requests_are_grouped_into_one_batch(model_root: Path, tmp_path: Path) -> None:
+    eng, backend = gated_engine(model_root, tmp_path, max_batch=8, max_wait_ms=5)
+    images = [real_slice(48)[None] * (i + 1) / 6 for i in range(5)]
+    with ThreadPoolExecutor(8) as pool:
+        first = occupy_worker(eng, backend, pool)
+        waiting = [pool.submit(eng.enhance, im) for im in images]
+        wait_depth(eng, 5)
+        backend.gate.set()
+        results = [f.result(30) for f in waiting]
+        first.result(30)
+    eng.close()
+    assert backend.batches == [(1, 1, 32, 32), (5, 1, 48, 48)]
+    assert eng.metrics.value("aegle_inference_batch_size_count", model=ENHANCER) == 2
+    assert eng.metrics.value("aegle_inference_batch_size_sum", model=ENHANCER) == 6
+    # A batched result equals the same image run alone (no padding, no cross-talk).
+    alone = TorchBackend(load_model(model_root, ENHANCER)[0]).run([images[2][None], np.zeros((1, 22), np.float32)])
+    assert np.abs(results[2].images - alone[:, 0]).max() < 1e-5
+
+
+def test_different_shapes_never_share_a_batch(model_root: Path, tmp_path: Path) -> None:
+    eng, backend = gated_engine(model_root, tmp_path, max_batch=8, max_wait_ms=5)
+    with ThreadPoolExecutor(8) as pool:
+        first = occupy_worker(eng, backend, pool)
+        shapes = [(40, 40), (48, 40), (40, 40), (48, 40), (40, 40), (56, 56)]
+        waiting = [pool.submit(eng.enhance, np.full((1, *s), 0.5, np.float32)) for s in shapes]
+        wait_depth(eng, len(shapes))
+        backend.gate.set()
+        outs = [f.result(30) for f in waiting]
+        first.result(30)
+    eng.close()
+    assert [o.images.shape[1:] for o in outs] == [(2 * h, 2 * w) for h, w in shapes]
+    assert sorted(backend.batches[1:]) == [(1, 1, 56, 56), (2, 1, 48, 40), (3, 1, 40, 40)]
+
+
+def test_a_series_larger_than_max_batch_runs_in_parts(engine: InferenceEngine) -> None:
+    before = engine.metrics.value("aegle_inference_batch_size_count", model=ENHANCER)
+    out = engine.enhance(np.random.default_rng(0).random((11, 32, 32), dtype=np.float32))
+    assert out.images.shape == (11, 64, 64) and not out.context_used
+    assert engine.metrics.value("aegle_inference_batch_size_count", model=ENHANCER) - before == 2  # 8 + 3
+
+
+def test_full_queue_raises_queue_full_with_a_retry_hint() -> None:
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda _k, items: (gate.wait(30), list(items))[1], max_batch=2, max_wait_ms=0,
+                           queue_max=3)  # fmt: skip
+    held = batcher.submit("k", [1])
+    deadline = time.monotonic() + 10
+    while batcher.depth:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    queued = batcher.submit("k", [2, 3, 4])
+    with pytest.raises(QueueFull, match=r"3/3 items waiting") as info:
+        batcher.submit("k", [5])
+    assert info.value.retry_after_s >= 1
+    with pytest.raises(ValueError, match="exceed the queue capacity"):
+        batcher.submit("k", [0] * 4)
+    gate.set()
+    assert [f.result(10) for f in held + queued] == [1, 2, 3, 4]
+    assert batcher.submit("k", [5], timeout=None)[0].result(10) == 5  # room again
+    batcher.close()
+
+
+def test_api_answers_503_with_retry_after_when_the_queue_is_full(model_root: Path, tmp_path: Path) -> None:
+    eng, backend = gated_engine(model_root, tmp_path / "cache", max_batch=1, max_wait_ms=0, queue_max=2)
+    svc = Service(service_settings(tmp_path), eng)
+    image = png_bytes((real_slice() * 255).astype(np.uint8))
+    clin = svc.auth("clinician")
+    with svc.client, ThreadPoolExecutor(4) as pool:
+        first = occupy_worker(eng, backend, pool)
+        queued = [pool.submit(eng.enhance, np.zeros((1, 32, 32), np.float32)) for _ in range(2)]
+        wait_depth(eng, 2)
+        r = svc.client.post("/api/v1/enhance", content=image, headers=clin)
+        assert r.status_code == 503 and r.json()["detail"]["reason"] == "queue-full"
+        assert int(r.headers["Retry-After"]) >= 1
+        metrics = svc.client.get("/metrics", headers=svc.auth("operator")).text
+        assert f'aegle_inference_rejected_total{{model="{ENHANCER}"}} 1.0' in metrics
+        assert "aegle_inference_queue_depth 2.0" in metrics
+        backend.gate.set()
+        for f in [first, *queued]:
+            f.result(30)
+        assert svc.client.post("/api/v1/enhance", content=image, headers=clin).status_code == 200
+    eng.close()
