@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from edge.cli import add_arguments as add_edge_arguments
 from server.settings import Settings
 
 
@@ -87,11 +88,104 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    """Train a model family (``aegle train enhancer --help`` lists the options)."""
-    from gan.train import main as train_main
+#: ``aegle train FAMILY`` → the module whose ``main(argv)`` trains it (``python -m MODULE`` is the same).
+TRAINERS = {"enhancer": "gan.train", "classifier": "gan.train_classifier", "hybrid-gan": "gan.train_hybrid"}
 
-    return train_main([args.family, *args.options])
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train a model family (``aegle train FAMILY --help`` lists its options)."""
+    import importlib
+
+    trainer = importlib.import_module(TRAINERS[args.family])
+    # gan.train trains several families by name; the others take their own options directly.
+    argv = [args.family, *args.options] if args.family == "enhancer" else list(args.options)
+    return trainer.main(argv)
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    """Export a registry model to ONNX (dynamic batch and size, parity-checked), or compile it with TensorRT."""
+    from gan.export import tensorrt_unavailable_reason
+    from gan.registry import load_model
+    from server.inference.backends import OnnxBackend
+    from server.inference.engine import INPUTS
+
+    root = args.weights or settings.inference.weights_dir
+    model, card = load_model(root, args.name)
+    if card.architecture not in INPUTS:
+        print(f"{card.name}: architecture {card.architecture!r} is not exportable ({sorted(INPUTS)})", file=sys.stderr)
+        return 2
+    if args.tensorrt:
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            print(f"TensorRT export is not possible here: {reason}", file=sys.stderr)
+            return 2
+        import numpy as np
+
+        from server.inference.backends import TensorRTBackend
+
+        inputs = [np.zeros((args.batch, card.input.channels, *args.size), np.float32)]
+        if "context" in INPUTS[card.architecture]:
+            inputs.append(np.zeros((args.batch, card.input.context_size), np.float32))
+        backend = TensorRTBackend(model, card, args.out)
+        backend.run(inputs)  # compiles the engine for this shape and caches it (rebuilt on GPU/TensorRT change)
+        print(json.dumps({"model": card.name, "backend": "tensorrt", "cache": str(backend.cache_dir)}))
+        return 0
+    path = OnnxBackend.export(model, card, INPUTS[card.architecture], args.out)
+    print(json.dumps({"model": card.name, "sha256": card.sha256, "onnx": str(path)}))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the service (HTTP API, STOW-RS and the enabled input paths; docs/service.md) until SIGTERM/SIGINT."""
+    from server.service import AegleService
+
+    if args.host:
+        settings.api.host = args.host
+    if args.port is not None:
+        settings.api.port = args.port
+    if args.dicom_transfer is not None:
+        settings.dicom_transfer.enabled = args.dicom_transfer
+    if args.watch is not None:
+        settings.pacs.watch = args.watch
+    AegleService(settings).serve()
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Create (prints the token once), list or revoke API tokens."""
+    from server.api.tokens import TokenStore
+
+    tokens = TokenStore.from_settings(settings.api)
+    try:
+        if args.action == "create":
+            print(tokens.create(args.name, args.role))
+        elif args.action == "revoke":
+            if not tokens.revoke(args.name):
+                print(f"no active token named {args.name!r}", file=sys.stderr)
+                return 1
+        else:
+            for t in tokens.list():
+                print(json.dumps({"name": t.name, "role": t.role, "created": t.created, "revoked": t.revoked}))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    finally:
+        tokens.close()
+    return 0
+
+
+def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
+    """Run an edge node (C-STORE SCP → durable outbox → chunked MQTT) until SIGTERM."""
+    from edge.cli import settings_from
+    from edge.node import EdgeNode
+
+    try:
+        node = EdgeNode(settings_from(args, settings.edge), settings.mqtt)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    node.run_forever()
+    return 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -120,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drain this worker's queued share, leave the shared subscription and end its session")
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("edge", help="run an edge node: DICOM C-STORE SCP → durable outbox → chunked MQTT")
+    add_edge_arguments(p)
+    p.set_defaults(func=cmd_edge)
+
     p = sub.add_parser("simulate", help="publish simulated bedside and wearable devices")
     p.add_argument("--patients", type=int, default=4)
     p.add_argument("--rate", type=float, default=1.0, help="messages per device per second")
@@ -131,9 +229,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model family on the packaged real images (see docs/training.md)",
                        add_help=False)
-    p.add_argument("family", choices=["enhancer"], help="enhancer (hybrid-gan and classifier: not yet)")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m gan.train FAMILY")
+    p.add_argument("family", choices=sorted(TRAINERS), help="enhancer | classifier (triage|lesion) | hybrid-gan")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m <trainer module>")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a model to ONNX with a parity check (or --tensorrt on CUDA machines)")
+    p.add_argument("name", help="registry name, e.g. enhancer-x2")
+    p.add_argument("--out", type=Path, default=Path("var/export"), help="directory for the exported file")
+    p.add_argument("--weights", type=Path, default=None, help="registry root (default: settings / shipped weights)")
+    p.add_argument("--tensorrt", action="store_true", help="compile with torch-tensorrt (needs a CUDA GPU)")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help="input size the TensorRT engine is built for (ONNX export is size-independent)")
+    p.add_argument("--batch", type=int, default=8, help="batch the TensorRT engine is built for")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="run the service: HTTP API, STOW-RS, MQTT DICOM, Orthanc watch (docs/service.md)")
+    p.add_argument("--host", default=None, help="listen address (default from settings: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default from settings: 8400)")
+    p.add_argument("--dicom-transfer", action=argparse.BooleanOptionalAction, default=None,
+                   help="assemble DICOM forwarded by edge nodes over MQTT (default: AEGLE_DICOM_TRANSFER__ENABLED)")
+    p.add_argument("--watch", action=argparse.BooleanOptionalAction, default=None,
+                   help="enhance every new stable series in Orthanc (default: AEGLE_PACS__WATCH)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="manage API tokens (stored hashed; a new token is printed once)")
+    token_sub = p.add_subparsers(dest="action", required=True)
+    t = token_sub.add_parser("create", help="create a token and print it")
+    t.add_argument("--role", required=True, choices=["device", "clinician", "operator", "admin"])
+    t.add_argument("--name", required=True, help="unique name; the audit log records it")
+    t = token_sub.add_parser("revoke", help="revoke a token by name")
+    t.add_argument("name")
+    token_sub.add_parser("list", help="names, roles and dates (never the tokens) as JSON lines")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("context", help="a patient's sensor context now or at --at, from the store")
     p.add_argument("patient")

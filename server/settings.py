@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from sensors.dicom_transfer import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from sensors.vitals import ID_PATTERN
 
 
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:
@@ -125,8 +126,11 @@ class PacsSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
+    # ``aegle serve`` runs the PACS-side watch mode (needs ``orthanc_url`` and ``dicomweb_url``).
     watch: bool = False
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # Result events of ``aegle serve`` go to aegle/v1/{results_site}/results/{study_uid}.
+    results_site: str = Field(default="site-1", pattern=ID_PATTERN)
     # Where the Orthanc watch mode keeps its position in Orthanc's changes feed (and pending retries).
     watch_state_path: Path = Path("var/pacs-watch-state.json")
 
@@ -151,6 +155,8 @@ class EdgeSettings(BaseModel):
 class TransferSettings(BaseModel):
     """The DICOM transfer assembler."""
 
+    # ``aegle serve`` runs the assembler and sends what it delivers through the study pipeline.
+    enabled: bool = False
     worker_id: str = "dicom-1"
     site: str = "+"
     staging_path: Path = Path("var/dicom-staging")
@@ -161,6 +167,10 @@ class TransferSettings(BaseModel):
     receive_maximum: int = Field(default=4, ge=1, le=65535)
     session_expiry_s: int = 7 * 24 * 3600
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # ``aegle serve`` files delivered instances here by series and runs a series through the pipeline once no
+    # instance of it has arrived for ``series_quiet_s`` (like Orthanc's StableAge).
+    series_path: Path = Path("var/dicom-series")
+    series_quiet_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _instance_fits(self) -> TransferSettings:

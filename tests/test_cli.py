@@ -1,4 +1,5 @@
-"""The ``aegle`` command line as an operator uses it: the demo, and reading vitals and context from a store."""
+"""The ``aegle`` command line as an operator uses it: reading vitals and context from a store, training, simulating
+(the demo: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,6 @@ from tests.support import Collector, wait_for
 def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    done = aegle("demo", "--duration", "6", "--patients", "2", "--workdir", str(tmp_path / "demo"))
-    assert done.returncode == 0, done.stderr
-    assert "enc-0001" in done.stdout and "enc-0002" in done.stdout
-    assert "read back from the store: heart_rate=" in done.stdout
-    assert (tmp_path / "demo" / "vitals.sqlite").exists()
 
 
 def test_context_and_vitals_from_the_store(tmp_path: Path) -> None:
@@ -71,3 +64,31 @@ def test_simulate_publishes_as_each_device(broker: Mosquitto, tmp_path: Path) ->
     assert {m.topic for m in collector.messages} == {topics.vitals("ward-7", d) for d in devices}
     for message in collector.messages:
         assert parse_vitals(message.payload).device_id == message.topic.split("/")[3]
+
+
+def test_train_hybrid_gan_through_the_cli(tmp_path: Path) -> None:
+    """``aegle train hybrid-gan`` reaches gan.train_hybrid: a few steps write all three stages to the registry."""
+    done = aegle("train", "hybrid-gan", "--out", str(tmp_path), "--name", "tiny", "--per-subject", "16",
+                 "--dcgan-steps", "2", "--cgan-steps", "2", "--srgan-steps", "2", "--batch-size", "4",
+                 "--checkpoint-every", "2", "--log-every", "1", "--threads", "1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    for stage in ("dcgan", "cgan", "srgan"):
+        assert (tmp_path / f"tiny-{stage}" / "card.json").is_file()
+
+
+def test_export_onnx_with_parity_and_tensorrt_refusal(tmp_path: Path) -> None:
+    """``aegle export`` writes a parity-checked ONNX file of a shipped model that ONNX Runtime runs at any size;
+    ``--tensorrt`` says plainly why it cannot run on a machine without CUDA."""
+    import numpy as np
+    import onnxruntime as ort
+
+    done = aegle("export", "triage-classifier", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    exported = json.loads(done.stdout)
+    session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+    for batch, side in ((1, 128), (3, 96)):
+        (out,) = session.run(None, {session.get_inputs()[0].name: np.zeros((batch, 1, side, side), np.float32)})
+        assert out.shape == (batch, 4)
+    refused = aegle("export", "enhancer-x2", "--tensorrt", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "TensorRT export is not possible here" in refused.stderr
+    assert "CUDA" in refused.stderr or "torch_tensorrt" in refused.stderr
