@@ -114,6 +114,9 @@ class InferenceSettings(BaseModel):
     cache_dir: Path = Path("var/model-cache")
     threads: int | None = None
     max_batch: int = Field(default=8, ge=1)
+    # Input pixels per batch at most (batches of large images are smaller): bounds the activation memory of one
+    # batch. 2 × 256²: a 256² → 512² study runs in pairs; 128² inputs still batch 8.
+    max_batch_pixels: int = Field(default=2 * 256 * 256, ge=1)
     max_wait_ms: float = Field(default=5.0, ge=0)
     queue_max: int = Field(default=64, ge=1)
 

@@ -184,6 +184,21 @@ def test_different_shapes_never_share_a_batch(model_root: Path, tmp_path: Path) 
     assert sorted(backend.batches[1:]) == [(1, 1, 56, 56), (2, 1, 48, 40), (3, 1, 40, 40)]
 
 
+def test_large_images_run_in_smaller_batches_within_the_pixel_budget(model_root: Path, tmp_path: Path) -> None:
+    """``max_batch_pixels`` bounds one batch's activations: 48² images go two at a time, 32² ones four."""
+    eng, backend = gated_engine(model_root, tmp_path, max_batch=8, max_wait_ms=5, max_batch_pixels=2 * 48 * 48)
+    with ThreadPoolExecutor(10) as pool:
+        first = occupy_worker(eng, backend, pool)
+        waiting = [pool.submit(eng.enhance, np.full((1, s, s), 0.5, np.float32)) for s in (48,) * 3 + (32,) * 5]
+        wait_depth(eng, 8)
+        backend.gate.set()
+        for f in waiting:
+            f.result(30)
+        first.result(30)
+    eng.close()
+    assert sorted(backend.batches[1:]) == [(1, 1, 32, 32), (1, 1, 48, 48), (2, 1, 48, 48), (4, 1, 32, 32)]
+
+
 def test_a_series_larger_than_max_batch_runs_in_parts(engine: InferenceEngine) -> None:
     before = engine.metrics.value("aegle_inference_batch_size_count", model=ENHANCER)
     out = engine.enhance(np.random.default_rng(0).random((11, 32, 32), dtype=np.float32))

@@ -48,12 +48,21 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, run: BatchRunner, *, max_batch: int, max_wait_ms: float, queue_max: int, name: str = "batcher"
+        self,
+        run: BatchRunner,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        queue_max: int,
+        batch_limit: Callable[[Hashable], int] | None = None,
+        name: str = "batcher",
     ) -> None:
         if max_batch < 1 or queue_max < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_max must be >= 1 and max_wait_ms >= 0")
         self._run = run
         self.max_batch = max_batch
+        # Per-key cap below max_batch (e.g. fewer large images per batch); at least 1.
+        self._batch_limit = batch_limit
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_max = queue_max
         self._pending: dict[Hashable, deque[_Item]] = {}
@@ -68,6 +77,12 @@ class MicroBatcher:
     def depth(self) -> int:
         """Items waiting (not yet taken into a batch)."""
         return self._depth
+
+    def limit(self, key: Hashable) -> int:
+        """Largest batch for ``key``: ``max_batch``, or less if ``batch_limit`` says so."""
+        if self._batch_limit is None:
+            return self.max_batch
+        return max(1, min(self.max_batch, self._batch_limit(key)))
 
     def retry_after_s(self) -> int:
         """Whole seconds until the current queue has probably drained (at least 1)."""
@@ -114,7 +129,7 @@ class MicroBatcher:
         best_key, best_t = None, None
         for key, items in self._pending.items():
             head = items[0].enqueued
-            due = len(items) >= self.max_batch or self._closed or now - head >= self.max_wait_s
+            due = len(items) >= self.limit(key) or self._closed or now - head >= self.max_wait_s
             if due and (best_t is None or head < best_t):
                 best_key, best_t = key, head
         if best_key is not None:
@@ -135,7 +150,7 @@ class MicroBatcher:
                         return
                     self._cond.wait(wait)
                 items = self._pending[key]
-                batch = [items.popleft() for _ in range(min(self.max_batch, len(items)))]
+                batch = [items.popleft() for _ in range(min(self.limit(key), len(items)))]
                 if not items:
                     del self._pending[key]
                 self._depth -= len(batch)

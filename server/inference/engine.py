@@ -127,7 +127,7 @@ class InferenceEngine:
             self.warm_up()
         self.batcher = MicroBatcher(
             self._run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-            queue_max=settings.queue_max, name="aegle-inference",
+            queue_max=settings.queue_max, batch_limit=self._batch_limit, name="aegle-inference",
         )  # fmt: skip
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
 
@@ -219,6 +219,11 @@ class InferenceEngine:
         except QueueFull:
             self.metrics.rejected.labels(model=model.name).inc()
             raise
+
+    def _batch_limit(self, key: Hashable) -> int:
+        """Images per batch that fit ``max_batch_pixels`` (key = (model, per-item input shapes); image first)."""
+        height, width = key[1][0][-2:]  # type: ignore[index]
+        return self.settings.max_batch_pixels // (height * width)
 
     def run_all(
         self, name: str, payloads: Sequence[tuple[np.ndarray, ...]], queue_timeout: float | None
