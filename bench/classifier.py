@@ -134,7 +134,8 @@ def triage_figures(args: argparse.Namespace) -> dict[str, Any]:
     volumes = [v for name in ("pydicom", "pyradiomics") for v in gdata.load(name)]
     held = [v for v in gdata.held_out_test(volumes) if v.modality in ("CT", "MR") and not v.is_rgb]
     images, targets, groups = triage_test_windows(prepare_slices(held, allow_held_out=True), args.triage_per_subject, 0)
-    report = evaluate_triage(predict(model, images), targets, groups, args.resamples, seed=0)
+    report = evaluate_triage(predict(model, images), targets, groups, args.resamples, seed=0,
+                             thresholds=triage.card_thresholds(card))  # the shipped decision rule
     out: dict[str, Any] = {"triage_weights_sha256": card.sha256, "triage_n_test": len(groups)}
     exact = report["all"]["exact_match_accuracy"]
     out |= {"triage_accuracy": exact.value, "triage_accuracy_ci": [exact.low, exact.high]}

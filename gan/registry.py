@@ -47,6 +47,7 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "state_dict_sha256",
+    "update_card",
 ]
 
 DEFAULT_ROOT = Path(__file__).resolve().parent / "weights"
@@ -306,6 +307,33 @@ def load_model(
     model.to(map_location)
     model.eval()
     return model, card
+
+
+def update_card(root: str | os.PathLike[str] | None, name: str, changes: Mapping[str, Any]) -> ModelCard:
+    """Rewrite ``<root>/<name>/card.json`` with ``changes`` (top-level fields) for the unchanged weights.
+
+    The weights file is not touched: its sha256 must still match the card (else :class:`WeightsIntegrityError`),
+    computed fields (name, architecture, config, created, sha256, parameters) may not be changed, and the new
+    card is validated before it atomically replaces the old one.
+    """
+    clash = _COMPUTED & set(changes)
+    if clash:
+        raise ValueError(f"update_card may not change computed card fields: {', '.join(sorted(clash))}")
+    directory = _model_dir(root, name)
+    card = load_card(directory / CARD_FILE)
+    weights = directory / WEIGHTS_FILE
+    try:
+        actual = sha256_file(weights)
+    except FileNotFoundError:
+        raise WeightsIntegrityError(f"{weights}: weights file not found") from None
+    if actual != card.sha256:
+        raise WeightsIntegrityError(f"{weights}: sha256 mismatch (card says {card.sha256}, file is {actual})")
+    try:
+        updated = ModelCard.model_validate(card.model_dump() | dict(changes))
+    except ValidationError as exc:
+        raise ModelCardError(f"invalid model card for {name!r}:\n{exc}") from None
+    _atomic_write_bytes(directory / CARD_FILE, (updated.model_dump_json(indent=2) + "\n").encode())
+    return updated
 
 
 def list_models(root: str | os.PathLike[str] | None = None) -> list[ModelCard]:

@@ -33,7 +33,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,12 @@ from gan.train import (
 )
 
 __all__ = [
+    "DEFAULT_MIN_RECALL",
     "TASKS",
     "ClassifierConfig",
     "ClassifierResult",
+    "calibrate_triage",
+    "choose_thresholds",
     "evaluate_lesion",
     "evaluate_triage",
     "lesion_data",
@@ -70,6 +73,8 @@ __all__ = [
 ]
 
 TASKS = ("triage", "lesion")
+#: Recall floor of the "enhance" decision on val when :func:`choose_thresholds` picks the diagnostic threshold.
+DEFAULT_MIN_RECALL = 0.95
 _MARGIN = 8  # real neighbourhood kept around a triage window while it is degraded (a multiple of every scale)
 
 
@@ -330,19 +335,25 @@ def predict(model: nn.Module, images: np.ndarray, batch: int = 128) -> np.ndarra
 
 
 def evaluate_triage(
-    probabilities: np.ndarray, targets: np.ndarray, groups: Sequence[str], resamples: int = 1000, seed: int = 0
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    groups: Sequence[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    thresholds: float | Mapping[str, float] = triage.DEFAULT_THRESHOLD,
 ) -> dict[str, dict[str, MetricCI]]:
     """One-vs-rest report per class, the "enhance" decision (score :func:`gan.triage.enhance_score`) and
-    exact-match accuracy (all four labels right at 0.5), each with a subject-level bootstrap CI."""
+    exact-match accuracy (all four labels right), each at ``thresholds`` with a subject-level bootstrap CI."""
     y = targets.astype(np.int64)
+    t = triage.threshold_vector(thresholds)
     report = {
-        name: binary_report(y[:, k], probabilities[:, k], 0.5, groups, resamples=resamples, seed=seed)
+        name: binary_report(y[:, k], probabilities[:, k], t[k], groups, resamples=resamples, seed=seed)
         for k, name in enumerate(triage.TRIAGE_CLASSES)
     }
     report["enhance"] = binary_report(
-        1 - y[:, 0], triage.enhance_score(probabilities), 0.5, groups, resamples=resamples, seed=seed
+        1 - y[:, 0], triage.enhance_score(probabilities, thresholds), 0.5, groups, resamples=resamples, seed=seed
     )
-    exact = np.all((probabilities >= 0.5) == y.astype(bool), axis=1).astype(np.float64)
+    exact = np.all((probabilities >= t) == y.astype(bool), axis=1).astype(np.float64)
     report["all"] = {
         "exact_match_accuracy": bootstrap_ci(
             lambda i: float(exact[i].mean()), len(exact), groups, resamples=resamples, seed=seed
@@ -366,6 +377,124 @@ def _flatten(report: dict[str, dict[str, MetricCI]]) -> dict[str, float]:
             key = f"test_{group}_{metric}"
             flat |= {key: ci.value, f"{key}_ci_low": ci.low, f"{key}_ci_high": ci.high}
     return flat
+
+
+# ------------------------------------------------------------------------------------------------- calibration
+
+
+def _cut_points(score: np.ndarray) -> np.ndarray:
+    """Candidate thresholds: midpoints between consecutive distinct scores, plus one below and one above all."""
+    u = np.unique(np.clip(score, 1e-6, 1 - 1e-6))
+    return np.concatenate([[u[0] / 2], (u[:-1] + u[1:]) / 2, [(u[-1] + 1) / 2]])
+
+
+def _youden(y: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recall, specificity and Youden's J (recall + specificity − 1) of each row of C×N boolean predictions."""
+    positive = y.astype(bool)
+    recall = predictions[:, positive].mean(axis=1) if positive.any() else np.zeros(len(predictions))
+    specificity = (~predictions[:, ~positive]).mean(axis=1) if (~positive).any() else np.zeros(len(predictions))
+    return recall, specificity, recall + specificity - 1
+
+
+def _best_cut(cuts: np.ndarray, j: np.ndarray) -> float:
+    """The middle of the range of cut points with the largest J (a maximum-margin choice when several tie)."""
+    best = cuts[j >= j.max() - 1e-12]
+    return float((best.min() + best.max()) / 2)
+
+
+def choose_thresholds(
+    probabilities: np.ndarray, targets: np.ndarray, min_recall: float = DEFAULT_MIN_RECALL
+) -> dict[str, float]:
+    """Per-class decision thresholds from VALIDATION probabilities/targets (N×4, :data:`gan.triage.TRIAGE_CLASSES`).
+
+    Cut points are midpoints between consecutive distinct val scores. Each degradation class: the cut with the
+    largest Youden's J (recall + specificity − 1) of that class. ``diagnostic`` (which only serves the "enhance"
+    rule of :func:`gan.triage.interpret`): given those, the cut with the largest J of the enhance decision among
+    those whose val enhance recall is at least ``min_recall``. When several cuts tie, the middle of their range.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(targets).astype(np.int64)
+    if p.ndim != 2 or p.shape[1] != len(triage.TRIAGE_CLASSES) or y.shape != p.shape:
+        raise ValueError(f"expected N×{len(triage.TRIAGE_CLASSES)} probabilities and targets, got {p.shape}, {y.shape}")
+    if not 0 < min_recall <= 1:
+        raise ValueError(f"min_recall must be in (0, 1], got {min_recall}")
+    chosen: dict[str, float] = {}
+    for k, name in enumerate(triage.TRIAGE_CLASSES[1:], start=1):
+        cuts = _cut_points(p[:, k])
+        _, _, j = _youden(y[:, k], p[None, :, k] >= cuts[:, None])
+        chosen[name] = _best_cut(cuts, j)
+    cuts = _cut_points(p[:, 0])
+    degraded_found = np.stack([p[:, k] >= chosen[n] for k, n in enumerate(triage.TRIAGE_CLASSES[1:], 1)]).any(0)
+    enhance = degraded_found[None, :] | (p[None, :, 0] < cuts[:, None])
+    recall, _, j = _youden(1 - y[:, 0], enhance)
+    j = np.where(recall >= min_recall, j, -np.inf)  # the highest cut enhances everything: recall 1 is always there
+    return {"diagnostic": _best_cut(cuts, j)} | chosen
+
+
+def calibrate_triage(
+    root: str | Path | None = None,
+    name: str = triage.MODEL_NAME,
+    config: ClassifierConfig | None = None,
+    data: TaskData | None = None,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Choose the triage thresholds on the val split, re-evaluate on the test split, rewrite the card only.
+
+    ``data`` (default :func:`triage_data` of ``config``, the training defaults) must describe the same val and
+    test subjects as the card; the thresholds see ONLY ``data.val``. The card (via
+    :func:`gan.registry.update_card`, weights and sha256 unchanged) gets ``input.thresholds``, the test metrics
+    at those thresholds, ``val_enhance_recall`` / ``val_enhance_specificity`` and the enhance specificity at 0.5
+    for comparison. Returns the thresholds, the before (0.5) and after test reports, and the new metrics.
+    """
+    from gan.registry import load_model, update_card
+
+    config = config or ClassifierConfig()
+    model, card = load_model(root, name)
+    if data is None:
+        data = triage_data(config)
+    val_subjects = set(data.description["val_subjects"])
+    leaked = val_subjects & gdata.HELD_OUT_TEST_SUBJECTS
+    if leaked:
+        raise ValueError(f"val split contains held-out test subjects: {sorted(leaked)}")
+    trained = card.training.data if isinstance(card.training.data, dict) else {}
+    for split in ("val_subjects", "test_subjects"):
+        if split in trained and sorted(trained[split]) != sorted(data.description[split]):
+            raise ValueError(f"{split} differ from the card's: {data.description[split]} vs {trained[split]}")
+    val_p = predict(model, data.val[0])
+    thresholds = choose_thresholds(val_p, data.val[1], min_recall)
+    val_enhance = triage.enhance_score(val_p, thresholds) >= 0.5
+    recall, specificity, _ = _youden(1 - data.val[1][:, 0].astype(np.int64), val_enhance[None])
+
+    test_p = predict(model, data.test[0])
+    before = evaluate_triage(test_p, data.test[1], data.test_groups, config.resamples, config.seed)
+    after = evaluate_triage(test_p, data.test[1], data.test_groups, config.resamples, config.seed, thresholds)
+    kept = {k: v for k, v in card.metrics.items() if not k.startswith("test_")}
+    default = {"enhance_at_0.5": {m: before["enhance"][m] for m in ("recall", "specificity")}}
+    metrics = (
+        kept
+        | {
+            "val_enhance_recall": float(recall[0]),
+            "val_enhance_specificity": float(specificity[0]),
+            "n_test": float(len(data.test_groups)),
+        }
+        | _flatten(after)
+        | _flatten(default)
+    )
+    rule = (
+        f"gan.train_classifier.choose_thresholds on the val split only ({len(data.val[1])} windows of "
+        f"{', '.join(sorted(val_subjects))}): Youden's J per degradation class; diagnostic: the largest J of the "
+        f"enhance decision with val enhance recall >= {min_recall}"
+    )
+    input_spec = card.input.model_dump() | {"thresholds": thresholds, "threshold_rule": rule}
+    note = (
+        " Decision thresholds (input.thresholds) chosen on the val split only by "
+        f"`{command or 'gan.train_classifier.calibrate_triage'}`; test_ metrics are at those thresholds, "
+        "test_enhance_at_0.5_* at 0.5 for comparison."
+    )
+    notes = card.notes.split(" Decision thresholds (input.thresholds)")[0] + note
+    update_card(root, name, {"input": input_spec, "metrics": metrics, "notes": notes})
+    return {"thresholds": thresholds, "before": before, "after": after, "metrics": metrics}
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -595,9 +724,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _calibrate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gan.train_classifier calibrate",
+        description="Choose the triage decision thresholds on the val split; rewrite the card (weights unchanged).",
+    )
+    d = ClassifierConfig()
+    parser.add_argument("--name", default=triage.MODEL_NAME, help="model name under --weights")
+    parser.add_argument("--weights", default=None, help="registry root (default gan/weights)")
+    parser.add_argument("--min-recall", type=float, default=DEFAULT_MIN_RECALL, help="val enhance recall floor")
+    parser.add_argument("--resamples", type=int, default=d.resamples, help="bootstrap resamples per metric")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return parser
+
+
+def _calibrate_main(argv: list[str]) -> int:
+    args = _calibrate_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = calibrate_triage(
+        args.weights,
+        args.name,
+        ClassifierConfig(resamples=args.resamples),
+        min_recall=args.min_recall,
+        command="python -m gan.train_classifier calibrate " + shlex.join(argv),
+    )
+    figures = {
+        f"{when}_{m}": [round(v, 4) for v in (ci.value, ci.low, ci.high)]
+        for when in ("before", "after")
+        for m, ci in result[when]["enhance"].items()
+    }
+    print(json.dumps({"thresholds": result["thresholds"], "test_enhance": figures}, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gan.train_classifier triage|lesion ...``: train, print the summary as JSON, return 0."""
+    """``python -m gan.train_classifier triage|lesion ...``: train, print the summary as JSON, return 0.
+
+    ``python -m gan.train_classifier calibrate [--name N --weights ROOT]``: :func:`calibrate_triage`.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["calibrate"]:
+        return _calibrate_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.augment and args.task != "lesion":
         raise SystemExit("--augment applies to the lesion task only")

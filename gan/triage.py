@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from gan.registry import ModelCard
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "DEGRADATION_PROB",
     "INPUT_SIDE",
     "MODEL_NAME",
@@ -53,6 +54,7 @@ __all__ = [
     "TriageResult",
     "apply_degradation",
     "card_input",
+    "card_thresholds",
     "center_window",
     "classify",
     "enhance_score",
@@ -60,6 +62,7 @@ __all__ = [
     "load_triage",
     "preprocess",
     "sample_degradation",
+    "threshold_vector",
 ]
 
 #: Output order of the triage head (stored in the model card).
@@ -78,6 +81,8 @@ SEVERITY: dict[str, tuple[float, ...]] = {
 }
 #: Probability of each degradation, independently (so P(diagnostic) = 0.6³ ≈ 0.22).
 DEGRADATION_PROB = 0.4
+#: Decision threshold of every class when the model card stores none (``input.thresholds``).
+DEFAULT_THRESHOLD = 0.5
 _RANGE_TOLERANCE = 1e-3
 _MIN_SIDE = 32  # the SE-CNN's minimum input size
 
@@ -135,59 +140,98 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
 
 
-def enhance_score(probabilities: np.ndarray) -> np.ndarray:
-    """Score of "enhance" per row of N×4 probabilities: max(max degradation p, 1 − p(diagnostic))."""
+def threshold_vector(thresholds: float | Mapping[str, float]) -> np.ndarray:
+    """Thresholds (one for all, or one per class name) as a vector in :data:`TRIAGE_CLASSES` order, each in (0, 1)."""
+    if isinstance(thresholds, Mapping):
+        missing = set(TRIAGE_CLASSES) - set(thresholds)
+        unknown = set(thresholds) - set(TRIAGE_CLASSES)
+        if missing or unknown:
+            raise ValueError(f"thresholds must name exactly {TRIAGE_CLASSES}, got {sorted(thresholds)}")
+        t = np.array([float(thresholds[name]) for name in TRIAGE_CLASSES])
+    else:
+        t = np.full(len(TRIAGE_CLASSES), float(thresholds))
+    if not (np.isfinite(t).all() and (t > 0).all() and (t < 1).all()):
+        raise ValueError(f"thresholds must be in (0, 1), got {t.tolist()}")
+    return t
+
+
+def enhance_score(probabilities: np.ndarray, thresholds: float | Mapping[str, float] = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Score of "enhance" per row of N×4 probabilities: :func:`interpret` enhances when it is ≥ 0.5.
+
+    ``max(max_k (p_k − t_k), t_diagnostic − p_diagnostic) + 0.5`` over the degradation classes k; with every
+    threshold 0.5 this is ``max(max degradation p, 1 − p(diagnostic))``.
+    """
     p = np.asarray(probabilities, dtype=np.float64)
-    return np.maximum(p[..., 1:].max(axis=-1), 1.0 - p[..., 0])
+    t = threshold_vector(thresholds)
+    return np.maximum((p[..., 1:] - t[1:]).max(axis=-1), t[0] - p[..., 0]) + 0.5
 
 
-def interpret(logits: np.ndarray, threshold: float = 0.5) -> TriageResult:
+def card_thresholds(card: ModelCard) -> dict[str, float]:
+    """The per-class decision thresholds stored in the card (``input.thresholds``), else 0.5 for every class."""
+    stored = card.input.model_dump().get("thresholds")
+    if stored is None:
+        return dict.fromkeys(TRIAGE_CLASSES, DEFAULT_THRESHOLD)
+    t = threshold_vector(stored)
+    return {name: float(v) for name, v in zip(TRIAGE_CLASSES, t, strict=True)}
+
+
+def interpret(logits: np.ndarray, thresholds: float | Mapping[str, float] = DEFAULT_THRESHOLD) -> TriageResult:
     """Decide from one image's 4 logits (shape 4 or 1×4, order :data:`TRIAGE_CLASSES`).
 
-    Enhance when any degradation has probability >= ``threshold`` or ``diagnostic`` is below it (doubt means
-    enhance: the derived series is labelled "not for diagnostic use" and the original is kept).
+    ``thresholds``: one for every class, or one per class name (:func:`card_thresholds` of the model's card).
+    Enhance when any degradation has probability >= its threshold or ``diagnostic`` is below its threshold
+    (doubt means enhance: the derived series is labelled "not for diagnostic use" and the original is kept).
     """
     arr = np.asarray(logits, dtype=np.float64)
     if arr.shape not in ((len(TRIAGE_CLASSES),), (1, len(TRIAGE_CLASSES))):
         raise ValueError(f"expected {len(TRIAGE_CLASSES)} logits for one image, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError("logits contain NaN or infinite values")
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    t = dict(zip(TRIAGE_CLASSES, threshold_vector(thresholds).tolist(), strict=True))
     p = _sigmoid(arr.reshape(-1))
     probabilities = {name: float(v) for name, v in zip(TRIAGE_CLASSES, p, strict=True)}
-    found = tuple(name for name in TRIAGE_CLASSES[1:] if probabilities[name] >= threshold)
+    found = tuple(name for name in TRIAGE_CLASSES[1:] if probabilities[name] >= t[name])
     diagnostic = probabilities["diagnostic"]
     if found:
         reason = "degraded: " + ", ".join(f"{name} (p={probabilities[name]:.2f})" for name in found)
-    elif diagnostic < threshold:
+    elif diagnostic < t["diagnostic"]:
         reason = (
-            f"uncertain: no degradation reached p={threshold:.2f} but diagnostic quality is unlikely "
-            f"(p={diagnostic:.2f})"
+            "uncertain: no degradation reached its threshold but diagnostic quality is unlikely "
+            f"(p={diagnostic:.2f} < {t['diagnostic']:.2f})"
         )
     else:
-        reason = f"diagnostic quality (p={diagnostic:.2f}); no degradation reached p={threshold:.2f}"
-    return TriageResult(probabilities, bool(found) or diagnostic < threshold, found, reason)
+        reason = f"diagnostic quality (p={diagnostic:.2f}); no degradation reached its threshold"
+    return TriageResult(probabilities, bool(found) or diagnostic < t["diagnostic"], found, reason)
 
 
 def load_triage(root: str | os.PathLike[str] | None = None) -> tuple[nn.Module, ModelCard]:
-    """The shipped triage weights (``gan/weights/triage-classifier`` unless ``root``), sha256-checked."""
+    """The shipped triage weights (``gan/weights/triage-classifier`` unless ``root``), sha256-checked.
+
+    The card's thresholds (:func:`card_thresholds`) are attached as ``model.triage_thresholds``, which
+    :func:`classify` uses when called without thresholds.
+    """
     from gan.registry import load_model
 
     model, card = load_model(root, MODEL_NAME)
     classes = tuple(card.input.model_dump().get("classes", ()))
     if classes != TRIAGE_CLASSES:
         raise ValueError(f"{MODEL_NAME} card lists classes {classes}, this code expects {TRIAGE_CLASSES}")
+    model.triage_thresholds = card_thresholds(card)  # a plain attribute: not in the state dict
     return model, card
 
 
-def classify(model: nn.Module, image: np.ndarray, threshold: float = 0.5) -> TriageResult:
-    """:func:`preprocess` → ``model`` (eval, no grad) → :func:`interpret`."""
+def classify(
+    model: nn.Module, image: np.ndarray, thresholds: float | Mapping[str, float] | None = None
+) -> TriageResult:
+    """:func:`preprocess` → ``model`` (eval, no grad) → :func:`interpret` with ``thresholds``, by default the
+    card's (set by :func:`load_triage`; 0.5 for a model loaded otherwise)."""
     import torch
 
+    if thresholds is None:
+        thresholds = getattr(model, "triage_thresholds", DEFAULT_THRESHOLD)
     with torch.no_grad():
         logits = model(torch.from_numpy(preprocess(image))).numpy()
-    return interpret(logits, threshold)
+    return interpret(logits, thresholds)
 
 
 # ------------------------------------------------------------------------------------------- degradations

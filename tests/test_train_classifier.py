@@ -12,7 +12,15 @@ import pytest
 from gan import classification_metrics as cm
 from gan import data, triage
 from gan.registry import load_card, load_model, sha256_file
-from gan.train_classifier import ClassifierConfig, lesion_data, main, train_classifier, triage_data
+from gan.train_classifier import (
+    ClassifierConfig,
+    calibrate_triage,
+    choose_thresholds,
+    lesion_data,
+    main,
+    train_classifier,
+    triage_data,
+)
 
 # ------------------------------------------------------------------------------------------------------ metrics
 
@@ -189,3 +197,91 @@ def test_shipped_lesion_weights_load_with_their_test_metrics() -> None:
     auc = card.metrics["test_lesion_auc"]
     assert card.metrics["test_lesion_auc_ci_low"] <= auc <= card.metrics["test_lesion_auc_ci_high"]
     assert card.metrics["n_test"] == 400
+
+
+# -------------------------------------------------------------------------------------------------- calibration
+
+
+def test_choose_thresholds_youden_midpoints_and_recall_floor() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=(200, 4)) < 0.4).astype(np.float32)
+    y[:, 0] = 1.0 - y[:, 1:].max(axis=1)
+    p = np.where(y == 1, rng.uniform(0.6, 0.9, y.shape), rng.uniform(0.05, 0.3, y.shape))
+    t = choose_thresholds(p, y)
+    for k, name in enumerate(triage.TRIAGE_CLASSES[1:], start=1):  # separable: the middle of the gap
+        gap = p[y[:, k] == 0, k].max(), p[y[:, k] == 1, k].min()
+        assert t[name] == pytest.approx(sum(gap) / 2)
+    assert (triage.enhance_score(p, t) >= 0.5).astype(int).tolist() == (1 - y[:, 0]).astype(int).tolist()
+
+    # uninformative degradation outputs, overlapping diagnostic p: the recall floor decides the diagnostic cut
+    p[:, 1:] = 0.1
+    p[:, 0] = np.where(y[:, 0] == 1, rng.uniform(0.4, 1.0, 200), rng.uniform(0.0, 0.6, 200))
+    strict = choose_thresholds(p, y, min_recall=1.0)
+    assert (triage.enhance_score(p, strict)[y[:, 0] == 0] >= 0.5).all()
+    assert strict["diagnostic"] > p[y[:, 0] == 0, 0].max()
+    assert strict["diagnostic"] > choose_thresholds(p, y, min_recall=0.5)["diagnostic"]
+    with pytest.raises(ValueError, match="N×4"):
+        choose_thresholds(p[:, :3], y[:, :3])
+
+
+def test_calibration_uses_val_only_and_rewrites_only_the_card(volumes: list[data.Volume], tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from gan.registry import DEFAULT_ROOT, WeightsIntegrityError, update_card
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    root = tmp_path / "weights"
+    shutil.copytree(DEFAULT_ROOT / triage.MODEL_NAME, root / triage.MODEL_NAME)
+    weights = root / triage.MODEL_NAME / "model.safetensors"
+    digest = sha256_file(weights)
+    config = ClassifierConfig(val_samples=96, test_per_subject=12, resamples=50)
+    task = triage_data(config, volumes)
+    first = calibrate_triage(root, config=config, data=task)
+
+    # poisoned test split (labels inverted, images swapped for val ones): identical thresholds
+    poisoned = dataclasses.replace(task, test=(task.val[0][: len(task.test[1])], 1.0 - task.test[1]))
+    assert calibrate_triage(root, config=config, data=poisoned)["thresholds"] == first["thresholds"]
+    # a different val split changes them: they do come from val
+    other_val = dataclasses.replace(task, val=(task.val[0][::2], task.val[1][::2]))
+    assert calibrate_triage(root, config=config, data=other_val)["thresholds"] != first["thresholds"]
+
+    calibrate_triage(root, config=config, data=task)
+    card = load_card(root / triage.MODEL_NAME / "card.json")
+    assert card.input.model_dump()["thresholds"] == first["thresholds"]
+    assert sha256_file(weights) == digest == card.sha256
+    assert card.metrics["test_enhance_specificity"] == first["after"]["enhance"]["specificity"].value
+    assert card.metrics["test_enhance_at_0.5_specificity"] == first["before"]["enhance"]["specificity"].value
+    assert card.notes.count("Decision thresholds") == 1
+    load_model(root, triage.MODEL_NAME)  # still loads: sha256 verified
+
+    # val containing a held-out test subject is refused
+    leaked = dataclasses.replace(task, description=task.description | {"val_subjects": ["pyradiomics:lung2"]})
+    with pytest.raises(ValueError, match="held-out"):
+        calibrate_triage(root, config=config, data=leaked)
+    # a card is never rewritten for weights that no longer match it
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(WeightsIntegrityError):
+        update_card(root, triage.MODEL_NAME, {"notes": "x"})
+    with pytest.raises(ValueError, match="sha256"):
+        update_card(root, triage.MODEL_NAME, {"sha256": "0" * 64})
+
+
+def test_shipped_triage_thresholds_raise_specificity_on_held_out_windows(volumes: list[data.Volume]) -> None:
+    """The card's val-chosen thresholds against 0.5 on fresh degraded windows of the held-out test subjects."""
+    from gan.train import prepare_slices
+    from gan.train_classifier import predict, triage_test_windows
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    model, card = triage.load_triage()
+    test_slices = prepare_slices(data.held_out_test(volumes), allow_held_out=True)
+    x, y, _ = triage_test_windows(test_slices, per_subject=60, seed=7)  # not the card's seed-0 windows
+    p = predict(model, x)
+    clean = y[:, 0] == 1
+    calibrated = triage.enhance_score(p, triage.card_thresholds(card)) >= 0.5
+    default = triage.enhance_score(p) >= 0.5
+    assert clean.sum() >= 20
+    assert (~calibrated[clean]).mean() > (~default[clean]).mean()  # specificity of "enhance"
+    assert calibrated[~clean].mean() >= 0.97  # recall kept

@@ -3,13 +3,16 @@ held-out slices (pyradiomics lung2 CT and brain2 MR)."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gan import data, triage
-from gan.registry import DEFAULT_ROOT, load_card, load_model, sha256_file
+from gan.registry import CARD_FILE, DEFAULT_ROOT, WEIGHTS_FILE, load_card, load_model, sha256_file
 from gan.train import normalise_volume
 
 
@@ -80,7 +83,7 @@ def test_interpret_decides_and_explains() -> None:
 
     unsure = triage.interpret(np.array([-1.0, -1.0, -1.0, -1.0]))
     assert unsure.enhance and unsure.degradations == () and unsure.reason.startswith("uncertain")
-    strict = triage.interpret(np.array([-3.0, 1.0, -1.0, -1.0]), threshold=0.8)
+    strict = triage.interpret(np.array([-3.0, 1.0, -1.0, -1.0]), thresholds=0.8)
     assert strict.degradations == () and strict.enhance  # p(noisy)=0.73 < 0.8, but diagnostic is unlikely
 
     huge = triage.interpret(np.array([1e4, -1e4, -1e4, -1e4]))  # no overflow
@@ -93,6 +96,27 @@ def test_interpret_decides_and_explains() -> None:
 def test_enhance_score_is_the_decision_score() -> None:
     p = np.array([[0.9, 0.1, 0.2, 0.3], [0.6, 0.1, 0.7, 0.0], [0.3, 0.1, 0.1, 0.1]])
     np.testing.assert_allclose(triage.enhance_score(p), [0.3, 0.7, 0.7])
+    t = {"diagnostic": 0.2, "noisy": 0.15, "motion-blurred": 0.8, "low-resolution": 0.25}
+    np.testing.assert_allclose(triage.enhance_score(p, t), [0.55, 0.45, 0.45])
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    logits = np.log(q / (1 - q))
+    for row, score in zip(logits, triage.enhance_score(p, t), strict=True):
+        assert triage.interpret(row, t).enhance == (score >= 0.5)
+
+
+def test_interpret_honours_per_class_thresholds() -> None:
+    logits = np.array([-1.0, 1.0, -1.0, 0.2])  # p = 0.27, 0.73, 0.27, 0.55
+    assert triage.interpret(logits).degradations == ("noisy", "low-resolution")
+    lenient = {"diagnostic": 0.2, "noisy": 0.8, "motion-blurred": 0.5, "low-resolution": 0.6}
+    kept = triage.interpret(logits, lenient)
+    assert not kept.enhance and kept.degradations == ()
+    assert kept.reason == "diagnostic quality (p=0.27); no degradation reached its threshold"
+    doubt = triage.interpret(logits, lenient | {"diagnostic": 0.3})
+    assert doubt.enhance and doubt.reason.startswith("uncertain") and "(p=0.27 < 0.30)" in doubt.reason
+    assert triage.interpret(logits, lenient | {"low-resolution": 0.54}).degradations == ("low-resolution",)
+    for bad in ({"noisy": 0.5}, lenient | {"blurry": 0.5}, lenient | {"noisy": 1.0}, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="thresholds"):
+            triage.interpret(logits, bad)
 
 
 # ------------------------------------------------------------------------------------------------ degradations
@@ -173,3 +197,33 @@ def test_shipped_triage_tells_clean_from_heavily_degraded_held_out_slices(
     assert all(d > c for c, d in zip(clean_scores, degraded_scores, strict=True)), (clean_scores, degraded_scores)
     assert degraded_enhanced == pairs
     assert clean_kept >= pairs // 2, clean_scores
+
+
+def test_shipped_card_thresholds_are_used_and_a_card_without_them_means_0_5(
+    pyradiomics: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    card = load_card(DEFAULT_ROOT / triage.MODEL_NAME / CARD_FILE)
+    stored = card.input.model_dump()["thresholds"]
+    assert set(stored) == set(triage.TRIAGE_CLASSES) and all(0 < v < 1 for v in stored.values())
+    assert stored != dict.fromkeys(triage.TRIAGE_CLASSES, 0.5)
+    assert "val split only" in card.input.model_dump()["threshold_rule"]
+    assert triage.card_thresholds(card) == stored
+    model, _ = triage.load_triage()
+    assert model.triage_thresholds == stored
+
+    # the same weights with a card that has no thresholds: every class at 0.5
+    bare = tmp_path / triage.MODEL_NAME
+    bare.mkdir()
+    shutil.copy(DEFAULT_ROOT / triage.MODEL_NAME / WEIGHTS_FILE, bare / WEIGHTS_FILE)
+    spec = {k: v for k, v in card.input.model_dump().items() if k not in ("thresholds", "threshold_rule")}
+    (bare / CARD_FILE).write_text(json.dumps(card.model_dump(mode="json") | {"input": spec}))
+    plain, plain_card = triage.load_triage(tmp_path)
+    assert triage.card_thresholds(plain_card) == dict.fromkeys(triage.TRIAGE_CLASSES, 0.5)
+
+    image = pyradiomics["lung2"][30]
+    calibrated, default = triage.classify(model, image), triage.classify(plain, image)
+    assert calibrated == triage.classify(model, image, stored)
+    assert default == triage.classify(model, image, 0.5)
+    assert calibrated.probabilities == default.probabilities

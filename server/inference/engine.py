@@ -316,13 +316,13 @@ class InferenceEngine:
 
     def triage(self, image: np.ndarray, *, model: str = TRIAGE, queue_timeout: float | None = None) -> TriageResult:
         """Triage one 2-D image in [0, 1] (``gan.triage``: central window → SE-CNN → per-class decision)."""
-        from gan.triage import interpret, preprocess
+        from gan.triage import card_thresholds, interpret, preprocess
 
         served = self.model(model)
         if served.card.architecture != "se-classifier":
             raise ValueError(f"model {model!r} is not a classifier")
         (logits,) = self.run_all(model, [(preprocess(image)[0],)], queue_timeout)
-        return interpret(logits)
+        return interpret(logits, card_thresholds(served.card))  # the thresholds calibrated on val, in the card
 
     def close(self) -> None:
         """Finish queued work and stop the batcher."""
