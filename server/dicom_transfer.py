@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.outbox import fsync_dir, write_durably
@@ -63,7 +62,7 @@ from sensors.dicom_transfer import (
     verify_chunk,
 )
 from sensors.vitals import dumps_compact
-from server.ingest import broker_confirmed
+from server.mqttsession import PersistentSubscriber, broker_confirmed
 from server.settings import MqttSettings, TransferSettings
 
 log = logging.getLogger("aegle.dicom_transfer")
@@ -101,7 +100,7 @@ class Incoming:
     properties: Properties | None
 
 
-class TransferAssembler:
+class TransferAssembler(PersistentSubscriber):
     """Assemble forwarded DICOM instances; :meth:`start` runs in background threads, :meth:`stop` stops."""
 
     def __init__(self, mqtt_settings: MqttSettings, settings: TransferSettings, on_instance: OnInstance) -> None:
@@ -121,52 +120,18 @@ class TransferAssembler:
         self._complete: deque[str] = deque(t.name for t in sorted(self._transfers.iterdir()) if self._is_complete(t))
         self._inbox: deque[Incoming] = deque()
         self._wake = threading.Event()
-        self._running = threading.Event()
-        self._subscribed = threading.Event()
-        self._connection = 0
         self._worker: threading.Thread | None = None
-        self.client = self._make_client()
+        super().__init__(
+            mqtt_settings,
+            settings.worker_id,
+            topics.dicom_filter(settings.site),  # a plain subscription on purpose (see the module docstring)
+            "DICOM",
+            session_expiry_s=settings.session_expiry_s,
+            receive_maximum=settings.receive_maximum,
+            log=log,
+        )
 
     # --- MQTT -------------------------------------------------------------------------------------------------
-
-    def _make_client(self) -> mqtt.Client:
-        cfg = self.mqtt_settings
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"aegle-{self.settings.worker_id}",
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.secret())
-        if cfg.tls:
-            client.tls_set()
-        client.reconnect_delay_set(0.2, 10)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
-            return
-        self._connection += 1
-        client.subscribe(topics.dicom_filter(self.settings.site), qos=1)
-        log.info("connected (session %s)", "resumed" if flags.session_present else "new")
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._connection += 1
-        self._subscribed.clear()
-        if self._running.is_set():
-            log.warning("disconnected from broker: %s; reconnecting", reason)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("the broker refused the DICOM subscription: %s", [str(r) for r in reasons])
-            return
-        self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.append(Incoming(self._connection, msg.mid, msg.topic, msg.payload, msg.properties))
@@ -174,16 +139,7 @@ class TransferAssembler:
 
     def start(self, timeout: float = 15.0) -> TransferAssembler:
         """Connect and return once subscribed; staged transfers that are complete are delivered first."""
-        self._running.set()
-        cfg = self.mqtt_settings
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry_s
-        props.ReceiveMaximum = self.settings.receive_maximum
-        self.client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=False, properties=props)
-        self.client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.stop()
-            raise ConnectionError(f"not subscribed at the broker {cfg.host}:{cfg.port} (see the log)")
+        self._connect(timeout)
         self._worker = threading.Thread(target=self._work_loop, name="aegle-dicom-assembler", daemon=True)
         self._worker.start()
         return self
@@ -194,8 +150,7 @@ class TransferAssembler:
         self._wake.set()
         if self._worker is not None:
             self._worker.join(60)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._disconnect()
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT; exit non-zero if the worker failed."""
@@ -238,7 +193,7 @@ class TransferAssembler:
             return self._reject(item, None, TransferRejected(INVALID_TOPIC, str(exc)))
         if self._finished(transfer_id):
             self.duplicates += 1
-            self._ack(item)
+            self._ack((item,))
             return True
         self._active[transfer_id] = time.time()
         directory = self._transfers / transfer_id
@@ -253,7 +208,7 @@ class TransferAssembler:
                 return False
         except TransferRejected as exc:
             return self._reject(item, transfer_id, exc)
-        self._ack(item)
+        self._ack((item,))
         return True
 
     def _origin(self, directory: Path, site: str, edge_id: str) -> dict[str, Any]:
@@ -395,7 +350,7 @@ class TransferAssembler:
         if confirmed:
             if transfer_id is not None:
                 self._finish(transfer_id, self._failed, exc.reason.encode())
-            self._ack(item)
+            self._ack((item,))
         return True  # not confirmed (disconnected): the broker redelivers the message and it is judged again
 
     def _fail(self, transfer_id: str, site: str, exc: TransferRejected) -> None:
@@ -417,10 +372,6 @@ class TransferAssembler:
         log.info("dead-lettered a DICOM transfer message: %s", exc.reason)
         info = self.client.publish(topics.deadletter(site, exc.reason), dumps_compact(letter), qos=1)
         return broker_confirmed(info)
-
-    def _ack(self, item: Incoming) -> None:
-        if item.connection == self._connection:  # a packet id means nothing on another connection
-            self.client.ack(item.mid, 1)
 
     def _sweep(self) -> None:
         """Dead-letter transfers incomplete for too long; forget delivered/failed ids after their retention."""
