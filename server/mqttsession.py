@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ def broker_confirmed(info: mqtt.MQTTMessageInfo, timeout: float = 30.0) -> bool:
     return info.is_published()
 
 
-class PersistentSubscriber:
+class PersistentSubscriber(ABC):
     """Base of a worker holding one QoS 1 subscription in a persistent MQTT v5 session with manual acknowledgement.
 
     Subclasses handle ``_on_message`` and may build their own client in ``_new_client``; they start with
@@ -107,8 +108,9 @@ class PersistentSubscriber:
             return
         self._subscribed.set()
 
+    @abstractmethod
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        raise NotImplementedError
+        """What a delivered message does (each subscriber's own processing)."""
 
     def _connect(self, timeout: float) -> None:
         """Mark the worker running, connect (resuming the session) and return once subscribed.
