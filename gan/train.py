@@ -419,6 +419,8 @@ class TrainConfig:
     n_blocks: int = 4
     upsampler: str = "pixelshuffle"  # or "transposed" (the paper's; lowres trunk only)
     trunk: str = "lowres"  # or "unshuffle": the same blocks at half the LR resolution (about 4.6x fewer FLOPs)
+    gate_kernel: int = 3  # attention gate conv kernel (1: a per-pixel channel mix)
+    tail: str = "conv"  # or "direct": the last upsampling stage outputs the image (no output-resolution conv)
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     perceptual_weight: float = 0.0
     feature_network: str = "se-classifier"  # or the path of a user-supplied VGG-19 state dict
@@ -452,6 +454,8 @@ class TrainConfig:
             "conditioning": self.conditioning,
             "upsampler": self.upsampler,
             "trunk": self.trunk,
+            "gate_kernel": self.gate_kernel,
+            "tail": self.tail,
         }
 
     def learning_rate(self, step: int) -> float:
@@ -837,6 +841,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", type=int, default=d.n_blocks)
     p.add_argument("--trunk", choices=("lowres", "unshuffle"), default=d.trunk)
     p.add_argument("--upsampler", choices=("pixelshuffle", "transposed"), default=d.upsampler)
+    p.add_argument("--gate-kernel", type=int, choices=(1, 3), default=d.gate_kernel)
+    p.add_argument("--tail", choices=("conv", "direct"), default=d.tail)
     p.add_argument("--l1-weight", type=float, default=d.loss_weights["l1"])
     p.add_argument("--ssim-weight", type=float, default=d.loss_weights["ssim"])
     p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight)
@@ -884,6 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_blocks=args.blocks,
         trunk=args.trunk,
         upsampler=args.upsampler,
+        gate_kernel=args.gate_kernel,
+        tail=args.tail,
         loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight},
         perceptual_weight=args.perceptual_weight,
         feature_network=args.feature_network,

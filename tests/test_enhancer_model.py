@@ -322,17 +322,25 @@ def test_unshuffle_global_residual_base_is_bicubic(scale: int) -> None:
     assert torch.allclose(out, F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False))
 
 
-@pytest.mark.parametrize("scale", [2, 4])
-def test_unshuffle_onnx_export_and_parity(scale: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"scale": 2, "trunk": "unshuffle"},
+        {"scale": 4, "trunk": "unshuffle"},
+        {"scale": 2, "upsampler": "transposed", "tail": "direct", "gate_kernel": 1},
+        {"scale": 4, "upsampler": "pixelshuffle", "tail": "direct"},
+    ],
+)
+def test_onnx_export_and_parity(config: dict, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     import warnings
 
     from gan.export import export_onnx, parity
 
-    model = ContextEnhancer(scale=scale, trunk="unshuffle", channels=16, n_blocks=2).eval()
+    model = ContextEnhancer(channels=16, n_blocks=2, **config).eval()
     with torch.no_grad():  # a non-trivial residual, so parity tests the learned path, not just the bicubic base
-        model.tail.weight.mul_(10.0)
+        model.output_layer.weight.mul_(10.0)
     example = (torch.rand(2, 1, 16, 20), torch.rand(2, CONTEXT_SIZE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -343,4 +351,51 @@ def test_unshuffle_onnx_export_and_parity(scale: int, tmp_path: Path) -> None:
     ]
     report = parity(model, path, cases)
     assert report.passed and len(report.cases) == 2
-    print(f"unshuffle scale {scale} ONNX parity max abs {report.max_abs_error:.2e}")
+    print(f"{config} ONNX parity max abs {report.max_abs_error:.2e}")
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "transposed"])
+def test_direct_tail_has_no_output_resolution_conv(scale: int, in_channels: int, upsampler: str) -> None:
+    model = ContextEnhancer(in_channels=in_channels, scale=scale, upsampler=upsampler, tail="direct").eval()
+    check_output_shape(model, in_channels, scale)
+    assert isinstance(model.tail, torch.nn.Identity)
+    last = model.output_layer
+    assert last is model.upsample[-2 if upsampler == "pixelshuffle" else -1]
+    out_channels = last.out_channels // (4 if upsampler == "pixelshuffle" else 1)
+    assert out_channels == in_channels  # the last stage makes the image: nothing learned runs after it
+    assert not isinstance(model.upsample[-1], torch.nn.LeakyReLU)
+    convs = [m for m in model.upsample if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    assert len(convs) == {2: 1, 4: 2}[scale]
+    assert n_params(model) < n_params(ContextEnhancer(in_channels=in_channels, scale=scale, upsampler=upsampler))
+    # Zero output layer → exactly the bicubic base (the residual path ends there).
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        x = torch.rand(2, in_channels, 10, 14)
+        out = model(x, torch.randn(2, CONTEXT_SIZE))
+    assert torch.allclose(out, F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False))
+
+
+def test_one_by_one_gate_formula() -> None:
+    c = 4
+    block = ResidualAttentionBlock(c, gate_kernel=1)
+    assert block.gate.kernel_size == (1, 1) and block.body.kernel_size == (3, 3)
+    x = torch.randn(2, c, 6, 7)
+    a = torch.sigmoid(torch.einsum("oi,nihw->nohw", block.gate.weight[:, :, 0, 0], x) + block.gate.bias[:, None, None])
+    wx = F.conv2d(x, block.body.weight, block.body.bias, padding=1)
+    assert torch.allclose(block(x), x + a * wx, atol=1e-6)
+    model = ContextEnhancer(gate_kernel=1)
+    assert all(b.attention.gate.kernel_size == (1, 1) for b in model.blocks)
+
+
+def test_direct_tail_and_gate_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="tail"):
+        ContextEnhancer(tail="none")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lowres"):
+        ContextEnhancer(tail="direct", trunk="unshuffle")
+    with pytest.raises(ValueError, match="scale"):
+        ContextEnhancer(tail="direct", scale=1)
+    with pytest.raises(ValueError, match="gate_kernel"):
+        ContextEnhancer(gate_kernel=5)

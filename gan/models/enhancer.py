@@ -13,7 +13,10 @@ After the residual-attention medical-image enhancement paper, with a few cheap-i
   ``"none"`` by ``Y = X + F(X)`` (the context is then ignored);
 * upsampling late, at the end of the low-resolution trunk: sub-pixel convolution (PixelShuffle, default) or
   the paper's transposed convolution (kernel 4, stride 2: kernel divisible by stride, no checkerboard), one
-  ×2 stage per octave;
+  ×2 stage per octave, then a 3×3 conv at the output resolution (``tail="conv"``) — or, with
+  ``tail="direct"`` (ESPCN-style), the last ×2 stage outputs the image itself (for ×2 and transposed
+  upsampling one ``ConvTranspose2d(channels, C, 4, stride 2)``: no convolution at the output resolution);
+* ``gate_kernel=1`` makes the attention gate a 1×1 conv (a per-pixel channel mix, 9× cheaper than 3×3);
 * ``trunk="unshuffle"`` (Real-ESRGAN ×2 layout, ~4.6× fewer FLOPs at the default width): the input is
   space-to-depth'd first (PixelUnshuffle(2): H×W×C → H/2×W/2×4C), the SAME blocks run at half the input
   resolution, and a single conv ``channels → (2·scale)²·C`` + PixelShuffle(2·scale) goes straight to the output
@@ -42,6 +45,7 @@ SCALES: tuple[int, ...] = (1, 2, 4)
 UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
 CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none")
 TRUNKS: tuple[str, ...] = ("lowres", "unshuffle")
+TAILS: tuple[str, ...] = ("conv", "direct")
 #: Space-to-depth factor of ``trunk="unshuffle"`` (input H and W must be multiples of it).
 UNSHUFFLE = 2
 
@@ -53,10 +57,11 @@ def _act() -> nn.Module:
 class ResidualAttentionBlock(nn.Module):
     """``Y = X + A ⊙ (W ∗ X)`` with ``A = σ(gate ∗ X)``; ``body`` is ``W``, ``gate`` the gate conv."""
 
-    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+    def __init__(self, channels: int, kernel_size: int = 3, gate_kernel: int | None = None) -> None:
         super().__init__()
+        gate_kernel = kernel_size if gate_kernel is None else gate_kernel
         self.body = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
-        self.gate = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.gate = nn.Conv2d(channels, channels, gate_kernel, padding=gate_kernel // 2)
 
     def attention(self, x: Tensor) -> Tensor:
         """The gate ``A = σ(Conv(X))``, in (0, 1), shaped like ``x``."""
@@ -155,29 +160,37 @@ class ContextMLP(nn.Module):
 class EnhancerBlock(nn.Module):
     """One trunk block: residual attention, then the context-adaptive multi-scale module."""
 
-    def __init__(self, channels: int, conditioning: str) -> None:
+    def __init__(self, channels: int, conditioning: str, gate_kernel: int = 3) -> None:
         super().__init__()
-        self.attention = ResidualAttentionBlock(channels)
+        self.attention = ResidualAttentionBlock(channels, gate_kernel=gate_kernel)
         self.adaptive = AdaptiveModule(channels, conditioning)
 
     def forward(self, x: Tensor, modulation: Tensor | None) -> Tensor:
         return self.adaptive(self.attention(x), modulation)
 
 
-def _upsampler(kind: str, channels: int, scale: int, transposed_kernel: int) -> nn.Sequential:
-    """One ×2 stage per octave of ``scale`` (empty for scale 1)."""
+def _upsampler(
+    kind: str, channels: int, scale: int, transposed_kernel: int, out_channels: int | None = None
+) -> nn.Sequential:
+    """One ×2 stage per octave of ``scale`` (empty for scale 1).
+
+    With ``out_channels`` the LAST stage maps straight to that many channels at the output resolution, with no
+    activation (the ``tail="direct"`` layout: the stage is the output layer).
+    """
+    octaves = {1: 0, 2: 1, 4: 2}[scale]
     stages: list[nn.Module] = []
-    for _ in range({1: 0, 2: 1, 4: 2}[scale]):
+    for i in range(octaves):
+        last = out_channels is not None and i == octaves - 1
+        width = out_channels if last else channels
         if kind == "pixelshuffle":
-            stages += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2), _act()]
+            stages += [nn.Conv2d(channels, 4 * width, 3, padding=1), nn.PixelShuffle(2)]
         else:
             # Output (H−1)·2 − 2p + k = 2H with p = (k − 2)/2; k divisible by the stride avoids checkerboards.
-            stages += [
-                nn.ConvTranspose2d(
-                    channels, channels, transposed_kernel, stride=2, padding=(transposed_kernel - 2) // 2
-                ),
-                _act(),
-            ]
+            stages.append(
+                nn.ConvTranspose2d(channels, width, transposed_kernel, stride=2, padding=(transposed_kernel - 2) // 2)
+            )
+        if not last:
+            stages.append(_act())
     return nn.Sequential(*stages)
 
 
@@ -201,6 +214,11 @@ class ContextEnhancer(nn.Module):
         context_hidden: hidden width of the context MLP.
         transposed_kernel: kernel of the transposed conv (stride 2), must be even (divisible by the stride).
         clamp: clamp the output to [0, 1] (off by default: keeps gradients at the range ends).
+        gate_kernel: kernel of the attention gate conv (3, or 1: a per-pixel channel mix, 9× cheaper).
+        tail: ``"conv"`` (lowres trunk: the upsampling stages keep ``channels`` and a 3×3 conv at the output
+            resolution makes the image) or ``"direct"`` (the last upsampling stage outputs the image channels
+            itself: no convolution at the output resolution; for scale 2 and transposed upsampling that is one
+            ``ConvTranspose2d(channels, in_channels, 4, stride 2)``). Lowres trunk only.
         trunk: ``"lowres"`` (head conv at the input resolution, ×2 upsampling stages, then ``tail`` at the output
             resolution) or ``"unshuffle"`` (PixelUnshuffle(2) → head → blocks at half the input resolution →
             ``tail`` conv to ``(2·scale)²·C`` → PixelShuffle(2·scale); needs even H, W; ``upsampler`` must be
@@ -220,6 +238,8 @@ class ContextEnhancer(nn.Module):
         transposed_kernel: int = 4,
         clamp: bool = False,
         trunk: Literal["lowres", "unshuffle"] = "lowres",
+        gate_kernel: int = 3,
+        tail: Literal["conv", "direct"] = "conv",
     ) -> None:
         super().__init__()
         if trunk not in TRUNKS:
@@ -228,6 +248,14 @@ class ContextEnhancer(nn.Module):
             raise ValueError(
                 f"trunk='unshuffle' ends in a PixelShuffle; upsampler must be 'pixelshuffle', got {upsampler!r}"
             )
+        if tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
+        if tail == "direct" and (trunk != "lowres" or scale == 1):
+            raise ValueError(
+                "tail='direct' needs trunk='lowres' and scale 2 or 4 (its last upsampling stage is the output)"
+            )
+        if gate_kernel not in (1, 3):
+            raise ValueError(f"gate_kernel must be 1 or 3, got {gate_kernel!r}")
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if upsampler not in UPSAMPLERS:
@@ -247,6 +275,7 @@ class ContextEnhancer(nn.Module):
         self.context_size = context_size
         self.clamp = clamp
         self.trunk = trunk
+        self.tail_kind = tail
 
         # Only the ends differ between the trunks: lowres = Identity | head | blocks | upsample stages | tail;
         # unshuffle = PixelUnshuffle(2) | head | blocks | (no stages) | tail | PixelShuffle(2·scale).
@@ -254,19 +283,35 @@ class ContextEnhancer(nn.Module):
         shuffle = UNSHUFFLE * scale
         self.unshuffle: nn.Module = nn.PixelUnshuffle(UNSHUFFLE) if unshuffle else nn.Identity()
         self.head = nn.Conv2d(in_channels * (UNSHUFFLE**2 if unshuffle else 1), channels, 3, padding=1)
-        self.blocks = nn.ModuleList(EnhancerBlock(channels, conditioning) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(EnhancerBlock(channels, conditioning, gate_kernel) for _ in range(n_blocks))
         self.trunk_tail = nn.Conv2d(channels, channels, 3, padding=1)
         self.context_mlp = (
             ContextMLP(context_size, n_blocks, channels, conditioning, context_hidden)
             if conditioning != "none"
             else None
         )
-        self.upsample = nn.Sequential() if unshuffle else _upsampler(upsampler, channels, scale, transposed_kernel)
-        self.tail = nn.Conv2d(channels, in_channels * (shuffle**2 if unshuffle else 1), 3, padding=1)
+        direct = tail == "direct"
+        self.upsample = (
+            nn.Sequential()
+            if unshuffle
+            else _upsampler(upsampler, channels, scale, transposed_kernel, in_channels if direct else None)
+        )
+        self.tail: nn.Module = (
+            nn.Identity()
+            if direct
+            else nn.Conv2d(channels, in_channels * (shuffle**2 if unshuffle else 1), 3, padding=1)
+        )
         self.shuffle: nn.Module = nn.PixelShuffle(shuffle) if unshuffle else nn.Identity()
         with torch.no_grad():  # start close to the bicubic baseline
-            self.tail.weight.mul_(0.1)
-            self.tail.bias.zero_()
+            self.output_layer.weight.mul_(0.1)
+            self.output_layer.bias.zero_()
+
+    @property
+    def output_layer(self) -> nn.Conv2d | nn.ConvTranspose2d:
+        """The residual path's last learned layer: ``tail``, or with ``tail="direct"`` the last upsampling conv."""
+        if self.tail_kind == "conv":
+            return self.tail
+        return self.upsample[-2 if self.upsampler_kind == "pixelshuffle" else -1]
 
     @property
     def size_multiple(self) -> int:
