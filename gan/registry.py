@@ -234,6 +234,7 @@ def save_model(
         save_file(_cpu_state(model), tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # like the card: mkstemp's 0600 would hide shipped weights from other users
         digest = sha256_file(tmp)
         card_data = {
             **card_extra,

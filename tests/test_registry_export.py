@@ -70,6 +70,8 @@ def test_round_trip_identical_outputs_and_card(tiny: TinyNet, tmp_path: Path) ->
     directory = registry.save_model(tiny, tmp_path, "tiny-sr", "tiny", {"width": 8}, _extra())
     assert directory == tmp_path / "tiny-sr"
     assert {p.name for p in directory.iterdir()} == {"model.safetensors", "card.json"}  # no temp files left
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {  # readable package data
+        "model.safetensors": 0o644, "card.json": 0o644}
 
     loaded, card = registry.load_model(tmp_path, "tiny-sr")
     assert isinstance(loaded, TinyNet) and not loaded.training
