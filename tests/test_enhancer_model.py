@@ -12,6 +12,7 @@ F = torch.nn.functional
 from gan.models import build  # noqa: E402
 from gan.models.enhancer import (  # noqa: E402
     AdaptiveModule,
+    BicubicUpsample,
     ContextEnhancer,
     DiscriminatorOutput,
     HybridDiscriminator,
@@ -352,6 +353,24 @@ def test_onnx_export_and_parity(config: dict, tmp_path: Path) -> None:
     report = parity(model, path, cases)
     assert report.passed and len(report.cases) == 2
     print(f"{config} ONNX parity max abs {report.max_abs_error:.2e}")
+    import onnx
+
+    assert "Resize" not in {node.op_type for node in onnx.load(str(path)).graph.node}  # bicubic base is a conv
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bicubic_conv_equals_torch_bicubic(scale: int, channels: int) -> None:
+    up = BicubicUpsample(channels, scale)
+    generator = torch.Generator().manual_seed(scale * 10 + channels)
+    for h, w in ((1, 1), (2, 3), (5, 7), (64, 48)):
+        x = torch.rand(2, channels, h, w, generator=generator)
+        expected = F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False)
+        got = up(x)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() < 2e-6, (h, w)
+    assert not list(up.parameters()) and not up.state_dict()  # fixed, not learned, not saved
+    assert "bicubic.weight" not in ContextEnhancer(scale=scale).state_dict()
 
 
 @pytest.mark.parametrize("scale", [2, 4])

@@ -19,7 +19,7 @@ import pytest
 from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
 from gan.registry import load_model
 from server.inference import ENHANCER, InferenceEngine, MicroBatcher, QueueFull
-from server.inference.backends import TorchBackend, onnx_path, resolve
+from server.inference.backends import TorchBackend, graph_fingerprint, onnx_path, resolve
 from server.inference.engine import LoadedModel
 from tests.api_support import (
     Service,
@@ -119,9 +119,9 @@ def test_onnx_export_is_cached_by_weights_sha256(model_root: Path, tmp_path: Pat
     settings = inference_settings(model_root, tmp_path / "cache")
     first = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
     first.close()
-    card = first.model(ENHANCER).card
-    path = onnx_path(settings.cache_dir, card)
-    assert path.name == f"{ENHANCER}-{card.sha256}.onnx" and path.is_file()
+    card, model = first.model(ENHANCER).card, first.model(ENHANCER).module
+    path = onnx_path(settings.cache_dir, card, model)
+    assert path.name == f"{ENHANCER}-{card.sha256}-{graph_fingerprint(model)}.onnx" and path.is_file()
     stamp = path.stat().st_mtime_ns
     second = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
     second.close()

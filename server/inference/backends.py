@@ -1,12 +1,13 @@
 """Inference backends behind one interface: ONNX Runtime (CPU default), torch eager, TensorRT (CUDA only).
 
 Every backend runs a batch of numpy inputs (N×… each) and returns the first output as a float32 numpy array.
-The ONNX file is exported once per weights sha256 into the cache directory and written only after the
-onnxruntime-vs-torch parity check passed; later starts reuse it.
+The ONNX file is exported once per weights sha256 and graph code (:func:`graph_fingerprint`) into the cache
+directory and written only after the onnxruntime-vs-torch parity check passed; later starts reuse it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -23,7 +24,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegle.inference")
 
-__all__ = ["Backend", "OnnxBackend", "TensorRTBackend", "TorchBackend", "onnx_path", "parity_inputs", "resolve"]
+__all__ = [
+    "Backend",
+    "OnnxBackend",
+    "TensorRTBackend",
+    "TorchBackend",
+    "graph_fingerprint",
+    "onnx_path",
+    "parity_inputs",
+    "resolve",
+]
 
 
 class Backend(Protocol):
@@ -57,9 +67,23 @@ def parity_inputs(input_names: Sequence[str], context_size: int, channels: int) 
     return cases
 
 
-def onnx_path(cache_dir: Path, card: ModelCard) -> Path:
-    """Where the ONNX export of these weights lives (one file per model name and weights sha256)."""
-    return cache_dir / f"{card.name}-{card.sha256}.onnx"
+def graph_fingerprint(model: nn.Module) -> str:
+    """12 hex digits of sha256 over the model class's source file and the torch version: what shapes the graph.
+
+    The weights' sha256 alone would keep serving an export made by older code after an upgrade (e.g. the
+    enhancer's bicubic base moved from ONNX ``Resize`` to a fixed conv: same values, other graph).
+    """
+    import inspect
+
+    import torch
+
+    source = Path(inspect.getfile(type(model))).read_bytes()
+    return hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:12]
+
+
+def onnx_path(cache_dir: Path, card: ModelCard, model: nn.Module) -> Path:
+    """Where the ONNX export of these weights lives: one file per model name, weights sha256 and graph code."""
+    return cache_dir / f"{card.name}-{card.sha256}-{graph_fingerprint(model)}.onnx"
 
 
 class TorchBackend:
@@ -98,10 +122,10 @@ class OnnxBackend:
 
     @staticmethod
     def export(model: nn.Module, card: ModelCard, input_names: Sequence[str], cache_dir: Path) -> Path:
-        """Export + parity-check once per weights sha256; reuse the cached file afterwards."""
+        """Export + parity-check once per weights sha256 and graph code; reuse the cached file afterwards."""
         from gan.export import export_onnx, parity
 
-        path = onnx_path(cache_dir, card)
+        path = onnx_path(cache_dir, card, model)
         if path.is_file():
             return path
         cases = parity_inputs(input_names, card.input.context_size, card.input.channels)
