@@ -33,7 +33,6 @@ axes; even H, W for ``trunk="unshuffle"``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan.bicubic import PAD, phase_taps
 from sensors.context import CONTEXT_SIZE
 
 SCALES: tuple[int, ...] = (1, 2, 4)
@@ -196,34 +196,9 @@ def _upsampler(
     return nn.Sequential(*stages)
 
 
-def _cubic(x: float, a: float = -0.75) -> float:
-    """Keys' cubic convolution kernel with PyTorch's ``a = −0.75``."""
-    x = abs(x)
-    if x <= 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    if x < 2.0:
-        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    return 0.0
-
-
-def bicubic_phase_taps(scale: int) -> Tensor:
-    """``scale × 5`` float64 taps: row ``r`` weights input offsets −2…+2 for output phase ``r`` (``o = scale·i + r``).
-
-    ``align_corners=False``: output ``o`` samples input ``(o + 0.5)/scale − 0.5`` = ``i + d`` with
-    ``d = (r + 0.5)/scale − 0.5`` ∈ (−½, ½), so the four cubic taps ``⌊d⌋ − 1 … ⌊d⌋ + 2`` fall within −2…+2.
-    """
-    taps = torch.zeros(scale, 5, dtype=torch.float64)
-    for r in range(scale):
-        d = (r + 0.5) / scale - 0.5
-        f = math.floor(d)
-        t = d - f
-        for k, w in enumerate((_cubic(t + 1.0), _cubic(t), _cubic(1.0 - t), _cubic(2.0 - t))):
-            taps[r, f + 1 + k] = w  # offset f − 1 + k, stored at index offset + 2
-    return taps
-
-
 class BicubicUpsample(nn.Module):
-    """×``scale`` bicubic upsampling as a fixed depthwise 5×5 conv (one output channel per phase) + PixelShuffle.
+    """×``scale`` bicubic upsampling as a fixed depthwise 5×5 conv (one output channel per phase, the
+    :func:`gan.bicubic.phase_taps`) + PixelShuffle.
 
     The same values as ``F.interpolate(mode="bicubic", align_corners=False)`` (``a = −0.75``, borders
     edge-replicated like PyTorch's clamped indices; equal to float rounding), but exported to ONNX as Pad + Conv
@@ -236,12 +211,13 @@ class BicubicUpsample(nn.Module):
         super().__init__()
         self.channels = channels
         self.scale = scale
-        taps = bicubic_phase_taps(scale)
-        kernel = torch.einsum("yi,xj->yxij", taps, taps).reshape(scale * scale, 1, 5, 5)  # phase ry·scale + rx
+        taps = torch.from_numpy(phase_taps(scale).copy())
+        side = taps.shape[1]
+        kernel = torch.einsum("yi,xj->yxij", taps, taps).reshape(scale * scale, 1, side, side)  # phase ry·scale + rx
         self.register_buffer("weight", kernel.repeat(channels, 1, 1, 1).float(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (2, 2, 2, 2), mode="replicate")
+        x = F.pad(x, (PAD, PAD, PAD, PAD), mode="replicate")
         return F.pixel_shuffle(F.conv2d(x, self.weight.to(x.dtype), groups=self.channels), self.scale)
 
 

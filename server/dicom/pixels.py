@@ -23,15 +23,13 @@ what BitsStored/PixelRepresentation can represent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from gan.bicubic import bicubic  # re-exported by server.dicom
 from gan.data import SOFT_TISSUE_WINDOW
-
-CUBIC_A = -0.75  # torch / OpenCV bicubic convolution coefficient
 
 
 @dataclass(frozen=True)
@@ -185,31 +183,6 @@ def to_model_space(ds: Dataset) -> ModelImage:
                            *bits, signed, multi_frame)
     pixels = np.clip(values * gain + offset, 0.0, 1.0).astype(np.float32)
     return ModelImage(pixels, values, mapping)
-
-
-@lru_cache(maxsize=64)
-def _bicubic_matrix(size: int, scale: int) -> np.ndarray:
-    """(scale·size × size) matrix of bicubic upsampling along one axis, as torch's ``align_corners=False``."""
-    out = np.arange(size * scale)
-    src = (out + 0.5) / scale - 0.5  # not clamped for cubic, like torch
-    base = np.floor(src).astype(np.int64)
-    t = src - base
-    matrix = np.zeros((size * scale, size))
-    a = CUBIC_A
-    for k, d in enumerate((1 + t, t, 1 - t, 2 - t)):
-        w = np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a)
-        index = np.clip(base - 1 + k, 0, size - 1)
-        np.add.at(matrix, (out, index), w)
-    return matrix
-
-
-def bicubic(stack: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic ×``scale`` upsampling of (N, H, W) planes (float64), identical to torch's ``F.interpolate``."""
-    if scale == 1:
-        return stack.astype(np.float64)
-    rows = _bicubic_matrix(stack.shape[-2], scale)
-    cols = _bicubic_matrix(stack.shape[-1], scale)
-    return rows @ stack.astype(np.float64) @ cols.T  # two GEMMs; faster than the equivalent einsum
 
 
 def from_model_space(pixels: np.ndarray, image: ModelImage, *, scale: int) -> np.ndarray:
