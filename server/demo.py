@@ -342,7 +342,7 @@ def _imaging(
             print(f"  PACS: {workdir}/derived/\n  Orthanc not started: {orthanc_off}")
         cfg = settings.context
         pipeline = StudyPipeline(
-            engine.enhance, engine.triage,
+            engine.enhance, engine.triage_many,
             lambda patient_id, at: context_at(store, patient_id, at, cfg.window_s, cfg.freshness_tau_s),
             DemoPacs(workdir / "derived", dicomweb), MqttResultPublisher(publisher_client, SITE),
             max_batch=settings.inference.max_batch,

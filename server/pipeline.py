@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EnhanceFn = Callable[[np.ndarray, "np.ndarray | None"], "EnhanceOutput"]
-TriageFn = Callable[[np.ndarray], "TriageResult"]
+TriageFn = Callable[[Sequence[np.ndarray]], "Sequence[TriageResult]"]
 ContextFn = Callable[[str, datetime], "SensorContext"]
 DESCRIPTION = "Context-conditioned super-resolution and denoising."
 
@@ -296,11 +296,20 @@ class StudyPipeline:
         result.context["vector"] = [round(float(v), 6) for v in context.vector]
 
     def _triage(self, items: list[_Item], result: SeriesResult) -> None:
+        """One triage call for the series; if it fails, one call per image, so each failure names its instance."""
+        images = []
         for item in items:
             frames = item.image.frames  # grey: the middle frame; RGB: the mean of the first frame's channels
             image = frames[:3].mean(axis=0) if item.image.mapping.is_rgb else frames[len(frames) // 2]
+            images.append(np.ascontiguousarray(image, dtype=np.float32))
+        try:
+            result.triage.update(zip((item.uid for item in items), self.triage(images), strict=True))
+            return
+        except Exception:
+            result.triage.clear()
+        for item, image in zip(items, images, strict=True):
             try:
-                result.triage[item.uid] = self.triage(np.ascontiguousarray(image, dtype=np.float32))
+                (result.triage[item.uid],) = self.triage([image])
             except Exception as exc:  # triage is advisory: the series is still enhanced
                 result.warnings.append(Failure(item.uid, "triage-failed", _detail(exc)))
 

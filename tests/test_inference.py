@@ -18,7 +18,7 @@ import pytest
 
 from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
 from gan.registry import load_model
-from server.inference import ENHANCER, InferenceEngine, MicroBatcher, QueueFull
+from server.inference import ENHANCER, TRIAGE, InferenceEngine, MicroBatcher, QueueFull
 from server.inference.backends import TorchBackend, graph_fingerprint, onnx_path, resolve
 from server.inference.engine import LoadedModel
 from tests.api_support import (
@@ -247,3 +247,19 @@ def test_api_answers_503_with_retry_after_when_the_queue_is_full(model_root: Pat
             f.result(30)
         assert svc.client.post("/api/v1/enhance", content=image, headers=clin).status_code == 200
     eng.close()
+
+
+def test_triage_many_is_one_submission_with_the_per_image_results(engine: InferenceEngine) -> None:
+    from gan.triage import TRIAGE_CLASSES
+
+    def batches() -> float:
+        return engine.metrics.registry.get_sample_value("aegle_inference_batch_size_count", {"model": TRIAGE}) or 0.0
+
+    images = [real_slice(64), real_slice(96)[:80], np.flipud(real_slice(64)).copy()]
+    before = batches()
+    many = engine.triage_many(images)
+    assert batches() - before == 1  # one batch for the three, not three
+    assert [r.probabilities for r in many] == [engine.triage(image).probabilities for image in images]
+    assert all(len(r.probabilities) == len(TRIAGE_CLASSES) for r in many)
+    with pytest.raises(ValueError, match="32 pixels"):
+        engine.triage_many([real_slice(64), real_slice(16)])

@@ -308,7 +308,7 @@ def test_watch_mode_enhances_stores_back_and_never_re_enhances_its_output(
                              context is not None, 2)
 
     vitals = SQLiteStore(tmp_path / "vitals.sqlite")  # real store, no vitals for this patient
-    pipeline = StudyPipeline(enhance, lambda image: interpret(np.zeros(len(TRIAGE_CLASSES))),
+    pipeline = StudyPipeline(enhance, lambda images: [interpret(np.zeros(len(TRIAGE_CLASSES))) for _ in images],
                              lambda patient, at: context_at(vitals, patient, at), pacs, None)
     user, password = orthanc.auth
     settings = PacsSettings(orthanc_url=orthanc.url, dicomweb_url=orthanc.dicomweb_url, username=user,

@@ -64,7 +64,7 @@ def random_triage() -> TriageFn:
 
     torch.manual_seed(0)
     model = build("se-classifier", num_classes=4).eval()
-    return lambda image: classify(model, image)
+    return lambda images: [classify(model, image) for image in images]
 
 
 @pytest.fixture

@@ -397,8 +397,9 @@ def test_a_series_the_pacs_cannot_take_is_retried_then_kept_with_its_result(runn
     assert engine is not None
     vitals = open_store(run.settings.store)
     with DicomWebStore(f"http://127.0.0.1:{free_port()}/dicom-web", "aegle", "x") as down:  # nothing listens
-        pipeline = StudyPipeline(engine.enhance, engine.triage, lambda patient, at: context_at(vitals, patient, at),
-                                 down, None, store_attempts=1)  # fmt: skip
+        pipeline = StudyPipeline(engine.enhance, engine.triage_many,
+                                 lambda patient, at: context_at(vitals, patient, at), down, None,
+                                 store_attempts=1)  # fmt: skip
         collector = SeriesCollector(tmp_path / "series", 0.1, pipeline.process_series, max_attempts=2,
                                     max_backoff_s=0.2).start()  # fmt: skip
         try:

@@ -94,10 +94,15 @@ class MultiScaleBlock(nn.Module):
         return torch.softmax(self.fusion_logits, dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        lam = self.weights
-        out = lam[0] * self.branches[0](x)
-        for k in range(1, len(self.branches)):
-            out = out + lam[k] * self.branches[k](x)
+        # λ_k·LeakyReLU(W_k∗X + b_k) = LeakyReLU((λ_k·W_k)∗X + λ_k·b_k) since λ_k > 0 (LeakyReLU is positively
+        # homogeneous): scaling the 3×3 weights instead of the feature map leaves the exported graph a plain
+        # conv → activation → sum, which ONNX Runtime keeps in its blocked layout (no Mul, no reorders).
+        out: Tensor | None = None
+        for lam, branch in zip(self.weights, self.branches, strict=True):
+            conv, act = branch
+            y = act(F.conv2d(x, conv.weight * lam, conv.bias * lam, padding=conv.padding, dilation=conv.dilation))
+            out = y if out is None else out + y
+        assert out is not None
         return out
 
 

@@ -316,13 +316,23 @@ class InferenceEngine:
 
     def triage(self, image: np.ndarray, *, model: str = TRIAGE, queue_timeout: float | None = None) -> TriageResult:
         """Triage one 2-D image in [0, 1] (``gan.triage``: central window → SE-CNN → per-class decision)."""
+        return self.triage_many([image], model=model, queue_timeout=queue_timeout)[0]
+
+    def triage_many(
+        self, images: Sequence[np.ndarray], *, model: str = TRIAGE, queue_timeout: float | None = None
+    ) -> list[TriageResult]:
+        """Triage several 2-D images in one submission (one batching wait, not one per image).
+
+        A bad image (see ``gan.triage.preprocess``) raises ``ValueError`` for the whole call.
+        """
         from gan.triage import card_thresholds, interpret, preprocess
 
         served = self.model(model)
         if served.card.architecture != "se-classifier":
             raise ValueError(f"model {model!r} is not a classifier")
-        (logits,) = self.run_all(model, [(preprocess(image)[0],)], queue_timeout)
-        return interpret(logits, card_thresholds(served.card))  # the thresholds calibrated on val, in the card
+        logits = self.run_all(model, [(preprocess(image)[0],) for image in images], queue_timeout)
+        thresholds = card_thresholds(served.card)  # calibrated on val, in the card
+        return [interpret(row, thresholds) for row in logits]
 
     def close(self) -> None:
         """Finish queued work and stop the batcher."""

@@ -50,7 +50,7 @@ def build_pipeline(st: ServiceState, eng: InferenceEngine, results: ResultPublis
         return context_at(vitals_store(st), patient_id, at, cfg.window_s, cfg.freshness_tau_s)
 
     return StudyPipeline(
-        eng.enhance, eng.triage, context_fn, st.pacs or CallerOnly(), results,
+        eng.enhance, eng.triage_many, context_fn, st.pacs or CallerOnly(), results,
         max_batch=st.settings.inference.max_batch, max_pixels=st.settings.api.max_pixels,
     )  # fmt: skip
 
