@@ -59,10 +59,12 @@ import torch
 from torch import nn
 
 from gan.export import export_onnx
-from gan.models.enhancer import TRUNKS, ContextEnhancer
+from gan.models.enhancer import TRUNKS, ContextEnhancer, MultiScaleBlock
 from sensors.context import CONTEXT_SIZE
 
 THREADS = 2
+#: Modules whose FLOPs are counted (a MultiScaleBlock for its branch convs, which it runs functionally).
+COUNTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, MultiScaleBlock)
 #: Average cores used by other processes (or stolen) above which the result is flagged ``"contended"``.
 CONTENDED_CORES = 0.2
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -164,6 +166,12 @@ def count_flops(model: nn.Module, *inputs: torch.Tensor) -> list[LayerFlops]:
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
         def count(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             x = args[0]
+            if isinstance(module, MultiScaleBlock):  # its branch convs run functionally (λ folded into weights)
+                for k, (conv, _) in enumerate(module.branches):
+                    kh, kw = conv.kernel_size
+                    per_out = 2 * (conv.in_channels // conv.groups) * kh * kw * conv.out_channels
+                    layers.append(LayerFlops(f"{name}.branches.{k}.0", "Conv2d", int(per_out * out[:, 0].numel())))
+                return
             if isinstance(module, nn.ConvTranspose2d):
                 kh, kw = module.kernel_size
                 per_in = 2 * module.in_channels * (module.out_channels // module.groups) * kh * kw
@@ -182,7 +190,7 @@ def count_flops(model: nn.Module, *inputs: torch.Tensor) -> list[LayerFlops]:
     handles = [
         m.register_forward_hook(hook(name))
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+        if isinstance(m, COUNTED)
     ]
     try:
         with torch.inference_mode():
@@ -200,7 +208,7 @@ def time_share_torch(model: nn.Module, *inputs: torch.Tensor, repeats: int = 3) 
     starts: dict[str, float] = {}
     handles = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, COUNTED):
             def pre(_m: nn.Module, _a: tuple[Any, ...], name: str = name) -> None:
                 starts[name] = time.perf_counter()
 
