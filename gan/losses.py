@@ -33,6 +33,7 @@ __all__ = [
     "EnhancerLoss",
     "FeatureNetwork",
     "L1Loss",
+    "MSELoss",
     "PerceptualLoss",
     "SSIMLoss",
     "discriminator_loss",
@@ -52,6 +53,13 @@ class L1Loss(nn.Module):
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
         return (sr - hr).abs().mean()
+
+
+class MSELoss(nn.Module):
+    """Mean squared error ``mean((sr − hr)²)``: the term PSNR measures (L1 aims at the median instead)."""
+
+    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
+        return (sr - hr).square().mean()
 
 
 def gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> Tensor:
@@ -303,6 +311,7 @@ class AdversarialLoss(nn.Module):
 #: ``network=``, ``adversarial`` needs ``discriminator=`` (and takes ``mode=``).
 LOSSES: dict[str, Callable[..., nn.Module]] = {
     "l1": L1Loss,
+    "mse": MSELoss,
     "ssim": SSIMLoss,
     "perceptual": PerceptualLoss,
     "adversarial": AdversarialLoss,

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 #: Loss weights of the first (non-adversarial) stage.
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"l1": 1.0, "ssim": 0.5}
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"l1": 1.0, "ssim": 0.5, "mse": 0.0}
 #: Plausible levels from resting (agitation 0) to agitated (agitation 1); motion is interpolated on a log scale.
 VITAL_RANGES: dict[str, tuple[float, float]] = {
     "motion": (0.05, 8.0),
@@ -845,6 +845,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", choices=("conv", "direct"), default=d.tail)
     p.add_argument("--l1-weight", type=float, default=d.loss_weights["l1"])
     p.add_argument("--ssim-weight", type=float, default=d.loss_weights["ssim"])
+    p.add_argument("--mse-weight", type=float, default=d.loss_weights["mse"])
     p.add_argument("--perceptual-weight", type=float, default=d.perceptual_weight)
     p.add_argument(
         "--feature-network", default=d.feature_network,
@@ -892,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upsampler=args.upsampler,
         gate_kernel=args.gate_kernel,
         tail=args.tail,
-        loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight},
+        loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight, "mse": args.mse_weight},
         perceptual_weight=args.perceptual_weight,
         feature_network=args.feature_network,
         adversarial_weight=args.adversarial_weight,

@@ -89,7 +89,9 @@ def test_enhancer_loss_combines_weighted_terms(ct_slice: np.ndarray) -> None:
         EnhancerLoss({"vgg": 1.0})
     with pytest.raises(ValueError, match=">= 0"):
         EnhancerLoss({"l1": -1.0})
-    assert set(LOSSES) == {"l1", "ssim", "perceptual", "adversarial"}
+    assert set(LOSSES) == {"l1", "mse", "ssim", "perceptual", "adversarial"}
+    total, parts = EnhancerLoss({"mse": 1.0, "l1": 0.0})(sr, hr)
+    assert set(parts) == {"mse"} and float(total) == pytest.approx(float(((sr - hr) ** 2).mean()), rel=1e-6)
 
 
 def test_perceptual_loss_with_se_trunk_and_user_vgg19(tmp_path: Path) -> None:
