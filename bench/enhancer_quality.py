@@ -23,10 +23,12 @@ Method, all in one process on identical inputs:
   true context; ``enhancer_shuffled`` with the contexts permuted across the test pairs (fixed seed);
   optionally ``blind`` (a model trained with ``--blind``) with zero context. Outputs are clamped to [0, 1].
 * **Metrics** — :func:`gan.metrics.psnr` and :func:`gan.metrics.ssim` with ``data_range=1`` on the 176×176
-  crops, mean over pairs, plus per-modality (MR, CT) means and per-blur-group means (``by_blur``: "still" = no
+  crops, mean over pairs, plus per-modality (MR, CT) means, per-blur-group means (``by_blur``: "still" = no
   blur kernel, "blurred" = motion + respiratory + cardiac kernel lengths ≥ 5 HR px — does a method undo blur
-  or only noise?). ``context_gain_db`` = enhancer − blind (null
-  without ``--blind-name``), ``shuffled_context_gain_db`` = enhancer − enhancer with shuffled context.
+  or only noise?) and per-subject means (``by_subject``: the held-out subjects give very different slice
+  counts — one or two slices for the pydicom files, cycled — so one subject's image can weigh a quarter).
+  ``context_gain_db`` = enhancer − blind (null without ``--blind-name``), ``shuffled_context_gain_db`` =
+  enhancer − enhancer with shuffled context.
 
 No training happens here: the weights come from :func:`gan.registry.load_model` and a missing model is an error
 naming the training command.
@@ -259,16 +261,22 @@ def _model_output(model: nn.Module, lr: torch.Tensor, context: torch.Tensor | No
 
 
 def evaluate(
-    hr: np.ndarray, out: np.ndarray, modalities: Sequence[str], blur_px: Sequence[int] | None = None
+    hr: np.ndarray,
+    out: np.ndarray,
+    modalities: Sequence[str],
+    blur_px: Sequence[int] | None = None,
+    subjects: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Mean PSNR/SSIM over pairs, per modality and (given each pair's total blur length) per
-    :data:`gan.train.BLUR_GROUPS` group (data range 1)."""
+    """Mean PSNR/SSIM over pairs, per modality, (given each pair's total blur length) per
+    :data:`gan.train.BLUR_GROUPS` group and (given each pair's subject) per subject (data range 1)."""
     p, s = _scores(hr, out)
     result: dict[str, Any] = {"psnr_db": float(np.mean(p)), "ssim": float(np.mean(s))}
     subsets = {m: np.asarray(modalities) == m for m in MODALITIES}
     blur = np.asarray([] if blur_px is None else blur_px)
     groups = {g: (blur >= lo) & (blur <= hi) for g, (lo, hi) in BLUR_GROUPS.items()} if blur_px is not None else {}
-    for key, members in (("by_modality", subsets), ("by_blur", groups)):
+    owners = np.asarray([] if subjects is None else subjects)
+    by_subject = {name: owners == name for name in sorted(set(owners.tolist()))}
+    for key, members in (("by_modality", subsets), ("by_blur", groups), ("by_subject", by_subject)):
         result[key] = {}
         for name, chosen in members.items():
             idx = np.flatnonzero(chosen)
@@ -289,8 +297,8 @@ def load_enhancer(weights: str | Path, name: str, *, blind: bool = False) -> tup
     card_path = Path(weights) / name / CARD_FILE
     if not card_path.is_file():
         command = (
-            f"python -m gan.train enhancer --out {weights} --name {name} --trunk unshuffle --steps 5000 "
-            "--val-every 500 --threads 1 --seed 0"
+            f"python -m gan.train enhancer --out {weights} --name {name} --upsampler transposed --tail direct "
+            "--gate-kernel 1 --blocks 2 --steps 6000 --val-every 500 --threads 1 --seed 0"  # the shipped 2.0.0 recipe
             f"{' --blind' if blind else ''}"
         )
         raise FileNotFoundError(
@@ -374,7 +382,7 @@ def run(
     blur = [blur_px(p) for p in test.pairs.params]
 
     def scored(out: np.ndarray) -> dict[str, Any]:
-        return evaluate(hr, out, test.modalities, blur)
+        return evaluate(hr, out, test.modalities, blur, test.pairs.subjects)
 
     up = bicubic(test.pairs.lr, scale)
     results: dict[str, dict[str, Any]] = {"bicubic": scored(up)}
@@ -415,6 +423,10 @@ def run(
         },
         # blur = total motion + respiratory + cardiac kernel length (HR px): "still" 0, "blurred" >= 5
         "by_blur": {g: {k: v["by_blur"][g] for k, v in results.items() if g in v["by_blur"]} for g in BLUR_GROUPS},
+        # 4 held-out subjects, but not 4 equal samples: PANCREAS_0001 is one slice, 021234567 two (cycled)
+        "by_subject": {
+            name: {k: v["by_subject"][name] for k, v in results.items()} for name in sorted(set(test.pairs.subjects))
+        },
         "methods": {k: {"psnr_db": _r(v["psnr_db"]), "ssim": _r(v["ssim"])} for k, v in results.items()},
         "classical_method": tuned["method"],
         "classical_parameter": tuned["parameter"],

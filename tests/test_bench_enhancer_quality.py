@@ -59,6 +59,13 @@ def test_quick_run_fields_and_no_leakage(weights: Path, volumes: list[data.Volum
     assert sum(g["bicubic"]["pairs"] for g in by_blur.values()) <= summary["pairs"]
     for group in by_blur.values():
         assert {m["pairs"] for m in group.values()} == {group["bicubic"]["pairs"]}
+    # every test pair belongs to exactly one subject, and each subject's mean is reported for every method
+    by_subject = summary["by_subject"]
+    assert set(by_subject) == set(summary["subjects"])
+    assert sum(s["bicubic"]["pairs"] for s in by_subject.values()) == summary["pairs"]
+    for per_method in by_subject.values():
+        assert set(per_method) == set(summary["methods"])
+        assert _finite(per_method["enhancer"]["psnr_db"])
     # the classical strength was chosen on the val split, which holds no held-out subject
     tuning = summary["classical_tuning"]
     usable = [v for v in volumes if v.modality in ("CT", "MR") and not v.is_rgb]
