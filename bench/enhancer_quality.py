@@ -63,7 +63,7 @@ from torch import nn
 
 from gan import data as gdata
 from gan import metrics
-from gan.registry import CARD_FILE, load_model
+from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card, load_model
 from gan.train import (
     _MARGIN,
     BLUR_GROUPS,
@@ -98,6 +98,7 @@ MODALITIES: tuple[str, ...] = ("CT", "MR")
 CROP = 176  # HR side of the central crop (a multiple of 4 and 16; crop + 2·margin = 192 fits every val slice)
 NLM_GRID: tuple[float, ...] = (0.15, 0.25, 0.4, 0.6, 0.9, 1.3, 2.0)  # h = k · estimated σ
 TV_GRID: tuple[float, ...] = (0.002, 0.004, 0.007, 0.01, 0.015, 0.025, 0.04)  # denoise_tv_chambolle weight
+SHIPPED_ENHANCER = "enhancer-x2"  # the default weights under gan/weights; its card holds the training recipe
 PAIRS_PER_SUBJECT = {"full": 48, "quick": 8}
 VAL_PAIRS_PER_SUBJECT = {"full": 24, "quick": 6}
 
@@ -292,15 +293,19 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------------------- model
 
 
+def shipped_recipe(out: str | Path, name: str) -> str:
+    """The shipped ``enhancer-x2`` card's training command, writing ``name`` under ``out`` instead."""
+    words = load_card(DEFAULT_ROOT / SHIPPED_ENHANCER / CARD_FILE).training.command.split()
+    for flag, value in (("--out", str(out)), ("--name", name)):
+        words[words.index(flag) + 1] = value
+    return " ".join(words)
+
+
 def load_enhancer(weights: str | Path, name: str, *, blind: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """``gan.registry.load_model(weights, name)``; a missing model raises FileNotFoundError naming the train command."""
     card_path = Path(weights) / name / CARD_FILE
     if not card_path.is_file():
-        command = (
-            f"python -m gan.train enhancer --out {weights} --name {name} --upsampler transposed --tail direct "
-            "--gate-kernel 1 --blocks 2 --steps 6000 --val-every 500 --threads 1 --seed 0"  # the shipped 2.0.0 recipe
-            f"{' --blind' if blind else ''}"
-        )
+        command = shipped_recipe(weights, name) + (" --blind" if blind else "")
         raise FileNotFoundError(
             f"no trained enhancer {name!r} under {weights} ({card_path} missing); the benchmark does not train — "
             f"train it first with: {command}"

@@ -11,6 +11,7 @@ import pytest
 
 from bench import enhancer_quality as eq
 from gan import data
+from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card
 from gan.train import TrainConfig, train_enhancer, training_splits
 
 
@@ -96,3 +97,17 @@ def test_missing_weights_name_the_training_command(tmp_path: Path, capsys: pytes
         eq.run(tmp_path, "enhancer-alpha-x2")
     assert eq.main(["--weights", str(tmp_path), "--name", "nope", "--quick"]) == 2
     assert "python -m gan.train enhancer" in capsys.readouterr().err
+
+
+def _without_out_and_name(command: str) -> list[str]:
+    words = command.split()
+    return [w for i, w in enumerate(words) if w not in ("--out", "--name") and words[i - 1] not in ("--out", "--name")]
+
+
+def test_missing_weights_message_follows_the_shipped_recipe(tmp_path: Path) -> None:
+    shipped = load_card(DEFAULT_ROOT / eq.SHIPPED_ENHANCER / CARD_FILE).training.command
+    recipe = eq.shipped_recipe(tmp_path, "mine")
+    assert f"--out {tmp_path} --name mine " in recipe
+    assert _without_out_and_name(recipe) == _without_out_and_name(shipped)
+    with pytest.raises(FileNotFoundError, match=r"--name mine .* --blind$"):
+        eq.load_enhancer(tmp_path, "mine", blind=True)
