@@ -75,6 +75,7 @@ from gan.train import (
     prepare_slices,
     training_splits,
 )
+from server.inference.engine import ENHANCER
 
 __all__ = [
     "CROP",
@@ -98,7 +99,6 @@ MODALITIES: tuple[str, ...] = ("CT", "MR")
 CROP = 176  # HR side of the central crop (a multiple of 4 and 16; crop + 2·margin = 192 fits every val slice)
 NLM_GRID: tuple[float, ...] = (0.15, 0.25, 0.4, 0.6, 0.9, 1.3, 2.0)  # h = k · estimated σ
 TV_GRID: tuple[float, ...] = (0.002, 0.004, 0.007, 0.01, 0.015, 0.025, 0.04)  # denoise_tv_chambolle weight
-SHIPPED_ENHANCER = "enhancer-x2"  # the default weights under gan/weights; its card holds the training recipe
 PAIRS_PER_SUBJECT = {"full": 48, "quick": 8}
 VAL_PAIRS_PER_SUBJECT = {"full": 24, "quick": 6}
 
@@ -295,7 +295,7 @@ def evaluate(
 
 def shipped_recipe(out: str | Path, name: str) -> str:
     """The shipped ``enhancer-x2`` card's training command, writing ``name`` under ``out`` instead."""
-    words = load_card(DEFAULT_ROOT / SHIPPED_ENHANCER / CARD_FILE).training.command.split()
+    words = load_card(DEFAULT_ROOT / ENHANCER / CARD_FILE).training.command.split()
     for flag, value in (("--out", str(out)), ("--name", name)):
         words[words.index(flag) + 1] = value
     return " ".join(words)
