@@ -17,6 +17,7 @@ from gan.models.enhancer import (  # noqa: E402
     DiscriminatorOutput,
     HybridDiscriminator,
     MultiScaleBlock,
+    NoiseLevelMap,
     ResidualAttentionBlock,
 )
 from sensors.context import CONTEXT_SIZE  # noqa: E402
@@ -330,6 +331,8 @@ def test_unshuffle_global_residual_base_is_bicubic(scale: int) -> None:
         {"scale": 4, "trunk": "unshuffle"},
         {"scale": 2, "upsampler": "transposed", "tail": "direct", "gate_kernel": 1},
         {"scale": 4, "upsampler": "pixelshuffle", "tail": "direct"},
+        {"scale": 2, "upsampler": "transposed", "tail": "direct", "gate_kernel": 1, "noise_input": "map"},
+        {"scale": 2, "trunk": "unshuffle", "noise_input": "map"},
     ],
 )
 def test_onnx_export_and_parity(config: dict, tmp_path: Path) -> None:
@@ -418,3 +421,41 @@ def test_direct_tail_and_gate_bad_arguments() -> None:
         ContextEnhancer(tail="direct", scale=1)
     with pytest.raises(ValueError, match="gate_kernel"):
         ContextEnhancer(gate_kernel=5)
+
+
+def test_noise_level_map_is_immerkaer_estimate() -> None:
+    """Flat + Gaussian noise σ → both channels ≈ σ·gain; a constant or linear ramp → 0; the image passes through."""
+    gain = 50.0
+    noise_map = NoiseLevelMap(1, window=7, gain=gain)
+    assert not list(noise_map.parameters()) and not noise_map.state_dict()  # fixed, not learned, not saved
+    sigma = 0.02
+    x = 0.5 + sigma * torch.randn(4, 1, 96, 96)
+    out = noise_map(x)
+    assert out.shape == (4, 3, 96, 96)
+    assert torch.equal(out[:, :1], x)
+    global_ = out[:, 2] / gain
+    assert torch.allclose(global_, global_[:, :1, :1].expand_as(global_))  # one value per image
+    assert abs(global_.mean().item() - sigma) < 0.05 * sigma
+    assert abs((out[:, 1] / gain).mean().item() - sigma) < 0.05 * sigma
+    ramp = torch.linspace(0, 1, 40).reshape(1, 1, 1, 40).expand(1, 1, 30, 40)  # the Laplacian-like M kills ramps
+    assert noise_map(ramp)[:, 1:].abs().max() < 1e-5
+    # Local: a noisy half and a clean half differ; per channel for RGB.
+    half = torch.full((1, 3, 32, 64), 0.5)
+    half[:, 1, :, :32] += 0.03 * torch.randn(32, 32)
+    local = NoiseLevelMap(3, gain=1.0)(half)[:, 3:6]
+    assert local[0, 1, :, :20].mean() > 0.02 and local[0, 1, :, 44:].max() < 1e-6
+    assert local[0, 0].max() < 1e-6 and local[0, 2].max() < 1e-6
+    with pytest.raises(ValueError, match="window"):
+        NoiseLevelMap(1, window=4)
+
+
+def test_noise_input_map_enters_the_head() -> None:
+    plain = ContextEnhancer(channels=16, n_blocks=1)
+    model = ContextEnhancer(channels=16, n_blocks=1, noise_input="map").eval()
+    assert model.head.in_channels == 3 and plain.head.in_channels == 1
+    assert n_params(model) - n_params(plain) == 2 * 16 * 9  # two more input channels of one 3×3 conv
+    check_output_shape(model, 1, 2)
+    rgb = ContextEnhancer(in_channels=3, channels=16, n_blocks=1, noise_input="map", trunk="unshuffle")
+    assert rgb.head.in_channels == 3 * 3 * 4
+    with pytest.raises(ValueError, match="noise_input"):
+        ContextEnhancer(noise_input="given")  # type: ignore[arg-type]

@@ -23,6 +23,11 @@ After the residual-attention medical-image enhancement paper, with a few cheap-i
   resolution (no upsampling stages, no full-resolution conv). H and W must then be even: ``forward`` raises
   ``ValueError`` otherwise in eager mode; the check is skipped while tracing (ONNX export), so callers of an
   exported graph check with :meth:`ContextEnhancer.check_input_size` or pad (:attr:`ContextEnhancer.size_multiple`);
+* ``noise_input="map"`` (after FFDNet's noise-level map, but estimated, not given): two fixed, non-learned input
+  channels per image channel next to the image — Immerkær's noise estimate ``√(π/2)/6 · |I ∗ M|`` averaged over a
+  7×7 window (local: noise *and* texture) and over the whole image (global) — so that even a one-block trunk, whose
+  receptive field is a few pixels, knows how noisy the image is. Derived from the input alone (no vitals): a
+  blind model gets it too;
 * global residual: ``output = bicubic_upsample(input) + learned residual`` (:class:`BicubicUpsample`: PyTorch's
   bicubic as a fixed conv, so the ONNX graph has no slow ``Resize``), NOT clamped (clamping would zero
   the gradient of pixels at 0 or 1; clamp before display or DICOM write — or pass ``clamp=True``).
@@ -33,6 +38,7 @@ axes; even H, W for ``trunk="unshuffle"``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,6 +54,7 @@ UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
 CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none")
 TRUNKS: tuple[str, ...] = ("lowres", "unshuffle")
 TAILS: tuple[str, ...] = ("conv", "direct")
+NOISE_INPUTS: tuple[str, ...] = ("none", "map")
 #: Space-to-depth factor of ``trunk="unshuffle"`` (input H and W must be multiples of it).
 UNSHUFFLE = 2
 
@@ -226,6 +233,32 @@ class BicubicUpsample(nn.Module):
         return F.pixel_shuffle(F.conv2d(x, self.weight.to(x.dtype), groups=self.channels), self.scale)
 
 
+class NoiseLevelMap(nn.Module):
+    """Image → image plus Immerkær noise-level channels: N×C×H×W → N×3C×H×W ``[x, local, global]``.
+
+    ``r = √(π/2)/6 · |x ∗ M|`` per channel with ``M = [[1,−2,1],[−2,4,−2],[1,−2,1]]`` (Immerkær 1996: the mean of
+    ``r`` over a flat region is the Gaussian noise σ), edges replicated; ``local`` = mean of ``r`` over a
+    ``window``×``window`` neighbourhood (inside the image), ``global`` = mean of ``r`` over the image, broadcast.
+    Both are multiplied by ``gain`` (σ of a few % of the range → values of order 1). Fixed: no parameters.
+    """
+
+    KERNEL = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+
+    def __init__(self, channels: int, window: int = 7, gain: float = 50.0) -> None:
+        super().__init__()
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"window must be a positive odd number, got {window}")
+        self.channels = channels
+        self.window = window
+        kernel = torch.tensor(self.KERNEL) * (math.sqrt(math.pi / 2.0) / 6.0 * gain)
+        self.register_buffer("weight", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.weight.to(x.dtype), groups=self.channels).abs()
+        local = F.avg_pool2d(r, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+        return torch.cat([x, local, r.mean(dim=(2, 3), keepdim=True).expand_as(r)], dim=1)
+
+
 class ContextEnhancer(nn.Module):
     """Super-resolution + denoising generator conditioned on the sensor context.
 
@@ -255,6 +288,7 @@ class ContextEnhancer(nn.Module):
             resolution) or ``"unshuffle"`` (PixelUnshuffle(2) → head → blocks at half the input resolution →
             ``tail`` conv to ``(2·scale)²·C`` → PixelShuffle(2·scale); needs even H, W; ``upsampler`` must be
             ``"pixelshuffle"``). Only ``head``, ``upsample`` and ``tail`` differ; the blocks are the same.
+        noise_input: ``"none"`` or ``"map"`` (:class:`NoiseLevelMap` channels enter the head with the image).
     """
 
     def __init__(
@@ -272,6 +306,7 @@ class ContextEnhancer(nn.Module):
         trunk: Literal["lowres", "unshuffle"] = "lowres",
         gate_kernel: int = 3,
         tail: Literal["conv", "direct"] = "conv",
+        noise_input: Literal["none", "map"] = "none",
     ) -> None:
         super().__init__()
         if trunk not in TRUNKS:
@@ -286,6 +321,8 @@ class ContextEnhancer(nn.Module):
             raise ValueError(
                 "tail='direct' needs trunk='lowres' and scale 2 or 4 (its last upsampling stage is the output)"
             )
+        if noise_input not in NOISE_INPUTS:
+            raise ValueError(f"noise_input must be one of {NOISE_INPUTS}, got {noise_input!r}")
         if gate_kernel not in (1, 3):
             raise ValueError(f"gate_kernel must be 1 or 3, got {gate_kernel!r}")
         if scale not in SCALES:
@@ -308,13 +345,16 @@ class ContextEnhancer(nn.Module):
         self.clamp = clamp
         self.trunk = trunk
         self.tail_kind = tail
+        self.noise_input = noise_input
 
         # Only the ends differ between the trunks: lowres = Identity | head | blocks | upsample stages | tail;
         # unshuffle = PixelUnshuffle(2) | head | blocks | (no stages) | tail | PixelShuffle(2·scale).
         unshuffle = trunk == "unshuffle"
         shuffle = UNSHUFFLE * scale
+        self.noise_map: nn.Module = NoiseLevelMap(in_channels) if noise_input == "map" else nn.Identity()
+        head_in = in_channels * (3 if noise_input == "map" else 1) * (UNSHUFFLE**2 if unshuffle else 1)
         self.unshuffle: nn.Module = nn.PixelUnshuffle(UNSHUFFLE) if unshuffle else nn.Identity()
-        self.head = nn.Conv2d(in_channels * (UNSHUFFLE**2 if unshuffle else 1), channels, 3, padding=1)
+        self.head = nn.Conv2d(head_in, channels, 3, padding=1)
         self.blocks = nn.ModuleList(EnhancerBlock(channels, conditioning, gate_kernel) for _ in range(n_blocks))
         self.trunk_tail = nn.Conv2d(channels, channels, 3, padding=1)
         self.context_mlp = (
@@ -393,7 +433,7 @@ class ContextEnhancer(nn.Module):
         if self.trunk != "lowres" and not (torch.jit.is_tracing() or torch.jit.is_scripting()):
             self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         mod = self.modulation(self._context(x, context))
-        feats = self.head(self.unshuffle(x))
+        feats = self.head(self.unshuffle(self.noise_map(x)))
         h = feats
         for i, block in enumerate(self.blocks):
             h = block(h, None if mod is None else mod[:, i])
