@@ -247,6 +247,7 @@ def make_pairs(
     modalities: Sequence[str] = ("CT", "MR"),
     allow_held_out: bool = False,
     textured_fraction: float = 1.0,
+    dihedral: bool = False,
 ) -> PairBatch:
     """``n`` (lr, hr, context) samples from real slices; subjects are drawn uniformly, then one of their slices.
 
@@ -255,6 +256,8 @@ def make_pairs(
     ``noise_sigma``. Held-out test subjects are refused unless ``allow_held_out``. A fraction
     ``textured_fraction`` of the patches prefers textured regions (best of 8 random crops by std); the others are
     plain uniform random crops (flat regions and background too, where denoising matters most).
+    ``dihedral`` turns each clean region by one of the 8 flips/rotations (uniform) before it is degraded, so
+    blur directions stay those the vitals drew (training augmentation; one more draw per sample).
     """
     if patch % scale or patch < 16:
         raise ValueError(f"patch must be a multiple of scale {scale} and >= 16, got {patch}")
@@ -280,6 +283,9 @@ def make_pairs(
         sl = candidates[int(rng.integers(len(candidates)))]
         textured = textured_fraction >= 1.0 or rng.uniform() < textured_fraction  # no extra draw at 1.0
         region = crop_patch(sl.image, size, rng, tries=8 if textured else 1)
+        if dihedral:
+            k = int(rng.integers(8))
+            region = np.ascontiguousarray(np.rot90(region.T if k >= 4 else region, k % 4))
         true, observed = sample_vitals(rng, missing_prob, none_prob)
         ctx = sample_context(observed, rng)
         sigma = float(rng.uniform(*noise_sigma))
@@ -421,6 +427,7 @@ class TrainConfig:
     trunk: str = "lowres"  # or "unshuffle": the same blocks at half the LR resolution (about 4.6x fewer FLOPs)
     gate_kernel: int = 3  # attention gate conv kernel (1: a per-pixel channel mix)
     tail: str = "conv"  # or "direct": the last upsampling stage outputs the image (no output-resolution conv)
+    noise_input: str = "none"  # or "map": Immerkær noise-level channels from the input (gan.models.enhancer)
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
     perceptual_weight: float = 0.0
     feature_network: str = "se-classifier"  # or the path of a user-supplied VGG-19 state dict
@@ -430,6 +437,7 @@ class TrainConfig:
     noise_sigma: tuple[float, float] = (0.01, 0.03)
     missing_prob: float = 0.2
     textured_fraction: float = 0.5  # patches preferring texture; the rest uniform crops (see make_pairs)
+    augment: bool = False  # training patches turned by a random flip/rotation (make_pairs dihedral); val never
     val_every: int = 250
     val_pairs: int = 256
     val_seed: int = 0  # val pairs depend on this only: every variant and training seed sees the same ones
@@ -456,6 +464,7 @@ class TrainConfig:
             "trunk": self.trunk,
             "gate_kernel": self.gate_kernel,
             "tail": self.tail,
+            "noise_input": self.noise_input,
         }
 
     def learning_rate(self, step: int) -> float:
@@ -576,6 +585,7 @@ def _card(config: TrainConfig, train_subjects: list[str], val_subjects: list[str
                     f"gan.degrade from sampled vitals (true levels), x{config.scale} block mean, "
                     f"noise sigma U{tuple(config.noise_sigma)}, channels missing p={config.missing_prob}; "
                     f"{config.patch}-px HR patches, {config.textured_fraction:g} of them texture-preferring"
+                    + ("; random flips/rotations" if config.augment else "")
                 ),
             },
             "command": config.command or f"gan.train.train_enhancer({config!r})",
@@ -700,11 +710,12 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
             bad += 1
         return bad >= config.patience
 
-    pool = make_pairs(train_slices, config.scale, rng, config.train_pool, **pair_kw) if config.train_pool else None
+    train_kw = pair_kw | {"dihedral": config.augment}
+    pool = make_pairs(train_slices, config.scale, rng, config.train_pool, **train_kw) if config.train_pool else None
     step = 0
     for step in range(1, config.steps + 1):
         if pool is None:
-            batch = make_pairs(train_slices, config.scale, rng, config.batch_size, **pair_kw)
+            batch = make_pairs(train_slices, config.scale, rng, config.batch_size, **train_kw)
             lr, hr, ctx = batch.lr, batch.hr, batch.context
         else:
             idx = torch.from_numpy(rng.choice(len(pool), config.batch_size, replace=config.batch_size > len(pool)))
@@ -833,6 +844,10 @@ def _parser() -> argparse.ArgumentParser:
         "--textured-fraction", type=float, default=d.textured_fraction,
         help="fraction of patches cropped where the image is textured (the rest: uniform random crops)",
     )  # fmt: skip
+    p.add_argument(
+        "--augment", action="store_true",
+        help="turn each training patch by a random flip/rotation (one of 8) before degrading it; val pairs never",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
     p.add_argument("--conditioning", choices=("alpha", "film", "none"), default=d.conditioning)
@@ -843,6 +858,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--upsampler", choices=("pixelshuffle", "transposed"), default=d.upsampler)
     p.add_argument("--gate-kernel", type=int, choices=(1, 3), default=d.gate_kernel)
     p.add_argument("--tail", choices=("conv", "direct"), default=d.tail)
+    p.add_argument(
+        "--noise-input", choices=("none", "map"), default=d.noise_input,
+        help="'map': local and global noise-level channels estimated from the input enter the head",
+    )  # fmt: skip
     p.add_argument("--l1-weight", type=float, default=d.loss_weights["l1"])
     p.add_argument("--ssim-weight", type=float, default=d.loss_weights["ssim"])
     p.add_argument("--mse-weight", type=float, default=d.loss_weights["mse"])
@@ -877,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale=args.scale,
         patch=args.patch,
         textured_fraction=args.textured_fraction,
+        augment=args.augment,
         batch_size=args.batch_size,
         steps=args.steps,
         lr=args.lr,
@@ -893,6 +913,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         upsampler=args.upsampler,
         gate_kernel=args.gate_kernel,
         tail=args.tail,
+        noise_input=args.noise_input,
         loss_weights={"l1": args.l1_weight, "ssim": args.ssim_weight, "mse": args.mse_weight},
         perceptual_weight=args.perceptual_weight,
         feature_network=args.feature_network,

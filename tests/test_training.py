@@ -25,6 +25,7 @@ from gan.losses import (
 from gan.models.enhancer import DiscriminatorOutput
 from gan.registry import load_card, load_model
 from gan.train import (
+    PreparedSlice,
     TrainConfig,
     main,
     make_pairs,
@@ -177,6 +178,24 @@ def test_make_pairs_is_deterministic_and_scale_4(volumes: list[data.Volume]) -> 
     assert torch.equal(a.lr, b.lr) and torch.equal(a.hr, b.hr) and torch.equal(a.context, b.context)
 
 
+def test_make_pairs_dihedral_turns_the_clean_region_before_degrading(ct_slice: np.ndarray) -> None:
+    """Each HR patch is one of the 8 flips/rotations of the same region, and its LR is degraded from that turn."""
+    region = ct_slice[150:230, 180:260].astype(np.float32)  # patch 64 + 2·8 margin: the crop is the whole slice
+    pool = [PreparedSlice("dicom:CQ500-CT-310", "test", "CT", "HEAD", region)]
+    turns = [np.rot90(region.T if k >= 4 else region, k % 4)[8:-8, 8:-8] for k in range(8)]
+    plain = make_pairs(pool, 2, np.random.default_rng(0), 8, patch=64, noise_sigma=(0.0, 0.0))
+    assert all(np.array_equal(hr[0], turns[0]) for hr in plain.hr.numpy())
+    batch = make_pairs(pool, 2, np.random.default_rng(0), 32, patch=64, noise_sigma=(0.0, 0.0), dihedral=True)
+    seen = set()
+    for lr, hr in zip(batch.lr.numpy()[:, 0], batch.hr.numpy()[:, 0], strict=True):
+        k = next(k for k, t in enumerate(turns) if np.array_equal(hr, t))
+        seen.add(k)
+        means = [t.reshape(32, 2, 32, 2).mean(axis=(1, 3)) for t in turns]  # ×2 block mean, before any blur
+        errors = [float(np.abs(lr - m).mean()) for m in means]
+        assert int(np.argmin(errors)) == k  # the LR image was made from this very turn
+    assert len(seen) >= 6  # 32 uniform draws over 8 turns
+
+
 # ----------------------------------------------------------------------------------------------------- training
 
 
@@ -249,12 +268,14 @@ def test_blind_adversarial_variant_and_cli(volumes: list[data.Volume], tmp_path:
     code = main(
         ["enhancer", "--steps", "2", "--out", str(tmp_path / "cli"), "--conditioning", "film", "--seed", "3",
          "--batch-size", "2", "--channels", "8", "--blocks", "1", "--val-every", "2", "--val-pairs", "2",
-         "--data", "pydicom", "--threads", "1"]
+         "--data", "pydicom", "--threads", "1", "--augment", "--noise-input", "map"]
     )  # fmt: skip
     assert code == 0
     card = load_card(tmp_path / "cli" / "enhancer-film-x2" / "card.json")
     assert card.training.command.startswith("python -m gan.train enhancer --steps 2")
     assert card.training.seed == 3
+    assert card.training.data["degradation"].endswith("random flips/rotations")
+    assert card.config["noise_input"] == "map"
 
 
 def test_perceptual_and_frozen_feature_network_in_training(volumes: list[data.Volume], tmp_path: Path) -> None:
