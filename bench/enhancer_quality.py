@@ -57,7 +57,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.signal import convolve2d
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 from torch import nn
 
@@ -85,7 +84,6 @@ __all__ = [
     "BenchPairs",
     "bicubic",
     "classical",
-    "estimate_noise",
     "evaluate",
     "load_enhancer",
     "main",
@@ -191,24 +189,14 @@ def bicubic(lr: torch.Tensor, scale: int) -> np.ndarray:
     return up.clamp(0.0, 1.0)[:, 0].double().numpy()
 
 
-_IMMERKAER = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-
-
-def estimate_noise(image: np.ndarray) -> float:
-    """Noise σ by Immerkær's method (1996): ``sqrt(π/2) / (6·(H−2)·(W−2)) · Σ|I ∗ M|`` (no PyWavelets needed)."""
-    h, w = image.shape
-    response = np.abs(convolve2d(image, _IMMERKAER, mode="valid")).sum()
-    return float(math.sqrt(math.pi / 2.0) * response / (6.0 * (h - 2) * (w - 2)))
-
-
 def classical(up: np.ndarray, method: str, strength: float, lr: np.ndarray | None = None) -> np.ndarray:
     """Denoise one bicubic image: ``nl_means`` (h = strength · σ̂) or ``tv_chambolle`` (weight = strength).
 
-    σ̂ is :func:`estimate_noise` of the LOW-resolution image ``lr`` when given (its noise is white; bicubic
-    upsampling correlates and shrinks it), else of ``up``.
+    σ̂ is :func:`gan.metrics.noise_sigma` (Immerkær) of the LOW-resolution image ``lr`` when given (its noise is
+    white; bicubic upsampling correlates and shrinks it), else of ``up``.
     """
     if method == "nl_means":
-        sigma = max(estimate_noise(up if lr is None else lr), 1e-4)
+        sigma = max(metrics.noise_sigma(up if lr is None else lr), 1e-4)
         out = denoise_nl_means(up, h=strength * sigma, patch_size=5, patch_distance=6, fast_mode=True)
     elif method == "tv_chambolle":
         out = denoise_tv_chambolle(up, weight=strength)

@@ -27,6 +27,7 @@ __all__ = [
     "mean_gradient",
     "mutual_information",
     "ncc",
+    "noise_sigma",
     "normalized_mutual_information",
     "psnr",
     "spatial_frequency",
@@ -238,6 +239,25 @@ def mean_gradient(img: ArrayLike) -> float:
         dy = c[1:, :-1] - c[:-1, :-1]
         vals.append(float(np.mean(np.sqrt((dx * dx + dy * dy) / 2.0))))
     return float(np.mean(vals))
+
+
+#: Immerkær's (1996) 3×3 mask, the difference of two Laplacians: zero response to constant and linear intensity.
+IMMERKAER_MASK: tuple[tuple[float, ...], ...] = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+#: For white Gaussian noise of σ, ``mean|I ∗ IMMERKAER_MASK| · IMMERKAER_SCALE = σ``.
+IMMERKAER_SCALE = math.sqrt(math.pi / 2.0) / 6.0
+
+
+def noise_sigma(img: ArrayLike) -> float:
+    """Gaussian noise σ by Immerkær's method: ``IMMERKAER_SCALE · mean|I ∗ M|`` over the (H−2)×(W−2) positions
+    where the 3×3 mask fits (no padding). Texture and edges raise it. H×W×C: mean of per-channel σ. Requires at
+    least 3×3 pixels. In the image's intensity units.
+    """
+    x = _as_image(img, "img")
+    if x.shape[0] < 3 or x.shape[1] < 3:
+        raise ValueError(f"noise_sigma needs at least 3×3 pixels, got spatial shape {x.shape[:2]}")
+    mask = np.array(IMMERKAER_MASK)
+    responses = [np.abs(ndimage.correlate(c, mask))[1:-1, 1:-1].mean() for c in _channels(x)]
+    return float(np.mean(responses)) * IMMERKAER_SCALE
 
 
 # --------------------------------------------------------------------------- registry

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from gan.metrics import noise_sigma  # noqa: E402
 from gan.models import build  # noqa: E402
 from gan.models.enhancer import (  # noqa: E402
     AdaptiveModule,
@@ -437,6 +438,8 @@ def test_noise_level_map_is_immerkaer_estimate() -> None:
     assert torch.allclose(global_, global_[:, :1, :1].expand_as(global_))  # one value per image
     assert abs(global_.mean().item() - sigma) < 0.05 * sigma
     assert abs((out[:, 1] / gain).mean().item() - sigma) < 0.05 * sigma
+    for image, level in zip(x[:, 0].double().numpy(), global_[:, 0, 0].tolist(), strict=True):  # = gan.metrics
+        assert level == pytest.approx(noise_sigma(image), rel=0.03)  # (it also counts the replicated border)
     ramp = torch.linspace(0, 1, 40).reshape(1, 1, 1, 40).expand(1, 1, 30, 40)  # the Laplacian-like M kills ramps
     assert noise_map(ramp)[:, 1:].abs().max() < 1e-5
     # Local: a noisy half and a clean half differ; per channel for RGB.

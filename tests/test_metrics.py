@@ -205,6 +205,25 @@ def test_sf_mg_too_small() -> None:
 # --------------------------------------------------------------------------- registry
 
 
+def test_noise_sigma_immerkaer(ct: np.ndarray) -> None:
+    """Gaussian noise on a flat image → σ; a plane → 0; the mask's convolution equals the direct (valid) sum."""
+    rng = np.random.default_rng(0)
+    for sigma in (0.01, 0.05):
+        assert M.noise_sigma(0.5 + rng.normal(0, sigma, (256, 256))) == pytest.approx(sigma, rel=0.03)
+    yy, xx = np.mgrid[0:40, 0:50]
+    assert M.noise_sigma(3.0 * yy - 2.0 * xx + 7.0) == pytest.approx(0.0, abs=1e-12)
+    img = ct[:64, :80]
+    mask = np.array(M.IMMERKAER_MASK)
+    direct = sum(
+        abs(float((img[i - 1 : i + 2, j - 1 : j + 2] * mask).sum())) for i in range(1, 63) for j in range(1, 79)
+    ) / (62 * 78)
+    assert M.noise_sigma(img) == pytest.approx(direct * math.sqrt(math.pi / 2) / 6, rel=1e-12)
+    rgb = np.stack([img, 2 * img, 3 * img], axis=-1)
+    assert M.noise_sigma(rgb) == pytest.approx(2 * M.noise_sigma(img), rel=1e-12)  # mean of per-channel σ
+    with pytest.raises(ValueError, match="3×3"):
+        M.noise_sigma(np.zeros((2, 5)))
+
+
 def test_compute_registry(ct: np.ndarray) -> None:
     test = _noisy(ct.astype(np.float64), 25.0)
     out = M.compute(["psnr", "ssim", "ncc", "mi", "nmi", "spatial_frequency", "mean_gradient"], ct, test, 4095)

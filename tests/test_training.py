@@ -186,11 +186,11 @@ def test_make_pairs_dihedral_turns_the_clean_region_before_degrading(ct_slice: n
     plain = make_pairs(pool, 2, np.random.default_rng(0), 8, patch=64, noise_sigma=(0.0, 0.0))
     assert all(np.array_equal(hr[0], turns[0]) for hr in plain.hr.numpy())
     batch = make_pairs(pool, 2, np.random.default_rng(0), 32, patch=64, noise_sigma=(0.0, 0.0), dihedral=True)
+    means = [t.reshape(32, 2, 32, 2).mean(axis=(1, 3)) for t in turns]  # ×2 block mean, before any blur
     seen = set()
     for lr, hr in zip(batch.lr.numpy()[:, 0], batch.hr.numpy()[:, 0], strict=True):
         k = next(k for k, t in enumerate(turns) if np.array_equal(hr, t))
         seen.add(k)
-        means = [t.reshape(32, 2, 32, 2).mean(axis=(1, 3)) for t in turns]  # ×2 block mean, before any blur
         errors = [float(np.abs(lr - m).mean()) for m in means]
         assert int(np.argmin(errors)) == k  # the LR image was made from this very turn
     assert len(seen) >= 6  # 32 uniform draws over 8 turns

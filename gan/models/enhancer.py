@@ -38,7 +38,6 @@ axes; even H, W for ``trunk="unshuffle"``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan.bicubic import PAD, phase_taps
+from gan.metrics import IMMERKAER_MASK, IMMERKAER_SCALE
 from sensors.context import CONTEXT_SIZE
 
 SCALES: tuple[int, ...] = (1, 2, 4)
@@ -236,13 +236,12 @@ class BicubicUpsample(nn.Module):
 class NoiseLevelMap(nn.Module):
     """Image → image plus Immerkær noise-level channels: N×C×H×W → N×3C×H×W ``[x, local, global]``.
 
-    ``r = √(π/2)/6 · |x ∗ M|`` per channel with ``M = [[1,−2,1],[−2,4,−2],[1,−2,1]]`` (Immerkær 1996: the mean of
-    ``r`` over a flat region is the Gaussian noise σ), edges replicated; ``local`` = mean of ``r`` over a
-    ``window``×``window`` neighbourhood (inside the image), ``global`` = mean of ``r`` over the image, broadcast.
+    ``r = √(π/2)/6 · |x ∗ M|`` per channel with Immerkær's mask ``M`` (:data:`gan.metrics.IMMERKAER_MASK`; the
+    mean of ``r`` over a flat region is the Gaussian noise σ, as in :func:`gan.metrics.noise_sigma`), edges
+    replicated; ``local`` = mean of ``r`` over a ``window``×``window`` neighbourhood (inside the image),
+    ``global`` = mean of ``r`` over the image, broadcast.
     Both are multiplied by ``gain`` (σ of a few % of the range → values of order 1). Fixed: no parameters.
     """
-
-    KERNEL = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 
     def __init__(self, channels: int, window: int = 7, gain: float = 50.0) -> None:
         super().__init__()
@@ -250,7 +249,7 @@ class NoiseLevelMap(nn.Module):
             raise ValueError(f"window must be a positive odd number, got {window}")
         self.channels = channels
         self.window = window
-        kernel = torch.tensor(self.KERNEL) * (math.sqrt(math.pi / 2.0) / 6.0 * gain)
+        kernel = torch.tensor(IMMERKAER_MASK) * (IMMERKAER_SCALE * gain)
         self.register_buffer("weight", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
