@@ -117,6 +117,9 @@ class InferenceSettings(BaseModel):
     # Input pixels per batch at most (batches of large images are smaller): bounds the activation memory of one
     # batch. 2 × 256²: a 256² → 512² study runs in pairs; 128² inputs still batch 8.
     max_batch_pixels: int = Field(default=2 * 256 * 256, ge=1)
+    # Images with a side over this run through the enhancer in overlapping tiles of this side: the same result,
+    # and one model call never holds the activations of more than a tile (a 4096² upload would need ~13 GB).
+    tile_size: int = Field(default=512, ge=64)
     max_wait_ms: float = Field(default=5.0, ge=0)
     queue_max: int = Field(default=64, ge=1)
 

@@ -23,7 +23,7 @@ from server.api.deps import ApiMetrics, ServiceState
 from server.api.routes import admin, dicom, enhance, health, models, patients, studies, synthesize
 from server.api.studylog import StudyLog
 from server.api.tokens import TokenStore
-from server.inference import InferenceEngine, ModelMissing, QueueFull
+from server.inference import ImageTooLarge, InferenceEngine, ModelMissing, QueueFull
 from server.settings import Settings
 
 log = logging.getLogger("aegle.api")
@@ -170,6 +170,10 @@ def create_app(
     @app.exception_handler(images.ImageInputError)
     async def image_error(_r: Request, exc: images.ImageInputError) -> JSONResponse:
         return _json_error(exc.status, exc.reason, str(exc))
+
+    @app.exception_handler(ImageTooLarge)
+    async def image_too_large(_r: Request, exc: ImageTooLarge) -> JSONResponse:
+        return _json_error(413, "image-too-large", str(exc))
 
     @app.exception_handler(QueueFull)
     async def queue_full(_r: Request, exc: QueueFull) -> JSONResponse:

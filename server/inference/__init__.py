@@ -1,6 +1,9 @@
 """Inference: registry models on ONNX Runtime / torch / TensorRT behind one engine with micro-batching."""
 
 from server.inference.batcher import MicroBatcher, QueueFull
-from server.inference.engine import ENHANCER, TRIAGE, EnhanceOutput, InferenceEngine, ModelMissing
+from server.inference.engine import ENHANCER, TRIAGE, EnhanceOutput, ImageTooLarge, InferenceEngine, ModelMissing
 
-__all__ = ["ENHANCER", "TRIAGE", "EnhanceOutput", "InferenceEngine", "MicroBatcher", "ModelMissing", "QueueFull"]
+__all__ = [
+    "ENHANCER", "TRIAGE", "EnhanceOutput", "ImageTooLarge", "InferenceEngine", "MicroBatcher", "ModelMissing",
+    "QueueFull",
+]  # fmt: skip

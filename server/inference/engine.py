@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
 from server.inference.batcher import MicroBatcher, QueueFull
+from server.inference.tiling import paste, receptive_radius, tiles
 from server.settings import InferenceSettings
 
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegle.inference")
 
-__all__ = ["ENHANCER", "TRIAGE", "EnhanceOutput", "InferenceEngine", "InferenceMetrics", "LoadedModel", "ModelMissing"]
+__all__ = [
+    "ENHANCER", "TRIAGE", "EnhanceOutput", "ImageTooLarge", "InferenceEngine", "InferenceMetrics", "LoadedModel",
+    "ModelMissing",
+]  # fmt: skip
 
 ENHANCER = "enhancer-x2"
 TRIAGE = "triage-classifier"
@@ -46,6 +50,10 @@ WARMUP_SIZE = 64
 
 class ModelMissing(LookupError):
     """A model the request needs is not loaded; the message says why."""
+
+
+class ImageTooLarge(ValueError):
+    """An image larger than one tile for a model that cannot be tiled (it has a global operation)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,15 @@ class EnhanceOutput:
 
 @dataclass
 class LoadedModel:
-    """One served model: its card, the torch module (kept for α and parity) and the backend that runs it."""
+    """One served model: its card, the torch module (kept for α and parity) and the backend that runs it.
+
+    ``receptive_radius``: input pixels an output pixel depends on (enhancers; ``None``: not local, not tileable).
+    """
 
     card: ModelCard
     module: nn.Module
     backend: Backend
+    receptive_radius: int | None = None
 
     @property
     def name(self) -> str:
@@ -171,7 +183,10 @@ class InferenceEngine:
             runner = TensorRTBackend(module, card, settings.cache_dir)
         else:
             runner = TorchBackend(module)
-        return LoadedModel(card, module, runner)
+        radius = None
+        if card.architecture == "enhancer":
+            radius = receptive_radius(module, card.input.channels, card.input.context_size, card.input.scale)
+        return LoadedModel(card, module, runner, radius)
 
     # ------------------------------------------------------------------ introspection
 
@@ -229,12 +244,15 @@ class InferenceEngine:
         self, name: str, payloads: Sequence[tuple[np.ndarray, ...]], queue_timeout: float | None
     ) -> list[np.ndarray]:
         """Run every item through the batcher in parts of at most ``max_batch`` and wait for the results."""
-        results: list[np.ndarray] = []
+        return list(self.iter_results(name, payloads, queue_timeout))
+
+    def iter_results(
+        self, name: str, payloads: Sequence[tuple[np.ndarray, ...]], queue_timeout: float | None
+    ) -> Iterator[np.ndarray]:
+        """:meth:`run_all`, yielding each result in order as soon as its part is done (nothing else is kept)."""
         step = min(self.settings.max_batch, self.settings.queue_max)
         for start in range(0, len(payloads), step):
-            futures = self.submit(name, payloads[start : start + step], queue_timeout)
-            results.extend(f.result() for f in futures)
-        return results
+            yield from (f.result() for f in self.submit(name, payloads[start : start + step], queue_timeout))
 
     def _run_batch(self, key: Hashable, payloads: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         name = key[0]  # type: ignore[index]
@@ -261,7 +279,9 @@ class InferenceEngine:
         """Enhance N×H×W float32 images in [0, 1] with one context vector (or N of them, or None).
 
         Sizes the architecture cannot take (odd sides for ``trunk="unshuffle"``) are reflect-padded and the
-        output cropped back to ``scale·H × scale·W``.
+        output cropped back to ``scale·H × scale·W``. Images with a side over ``settings.tile_size`` run in
+        overlapping tiles of that size (:mod:`server.inference.tiling`: the same result, the memory of one tile);
+        a model that cannot be tiled raises :class:`ImageTooLarge` for them.
 
         ``queue_timeout``: how long to wait for room in the queue (None: wait — the pipeline's default;
         0: raise :class:`QueueFull` at once — what the API does).
@@ -288,12 +308,24 @@ class InferenceEngine:
         pad_h, pad_w = -h % multiple, -w % multiple
         if pad_h or pad_w:  # reflect-pad to the multiple, crop the output back
             images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-        payloads = [(images[i][None], contexts[i]) for i in range(n)]
-        outputs = self.run_all(model, payloads, queue_timeout)
-        alphas = self._alphas(served, contexts)
+        padded_h, padded_w = images.shape[1:]
+        tile = self.settings.tile_size // multiple * multiple
+        if max(padded_h, padded_w) > tile and served.receptive_radius is None:
+            raise ImageTooLarge(
+                f"{model} has a global operation and cannot run in tiles: image sides must be at most {tile} "
+                f"pixels, got {h}×{w}"
+            )
+        # Margin: the receptive radius, plus one for the sub-pixel phases and one to spare; a multiple of `multiple`.
+        margin = -(-((served.receptive_radius or 0) + 2) // multiple) * multiple
+        windows = tiles(padded_h, padded_w, tile, margin)
+        payloads = [(window.crop(images[i])[None], contexts[i]) for i in range(n) for window in windows]
         scale = card.input.scale
+        result = np.empty((n, scale * padded_h, scale * padded_w), np.float32)
+        for k, part in enumerate(self.iter_results(model, payloads, queue_timeout)):
+            paste(result[k // len(windows)], part[0], windows[k % len(windows)], scale)
+        alphas = self._alphas(served, contexts)
         return EnhanceOutput(
-            images=np.stack([o[0, : scale * h, : scale * w] for o in outputs]),
+            images=result[:, : scale * h, : scale * w],
             model_name=card.name,
             model_version=card.version,
             strength=None if alphas is None else round(float(np.mean(alphas)), 4),
