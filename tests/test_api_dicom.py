@@ -87,6 +87,13 @@ def absurd_dimensions() -> bytes:
     return dicom_bytes(ds)
 
 
+def npy_header_only(descr: str, shape: tuple[int, ...]) -> bytes:
+    """An NPY header declaring ``descr`` × ``shape`` followed by a few bytes, not the array it declares."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    return header.getvalue() + b"\0" * 64
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width``×``height`` (a decompression bomb is refused before decoding)."""
 
@@ -244,6 +251,10 @@ BAD_IMAGES = [
     ("NPY NaN", npy_bytes(np.full((32, 32), np.nan, np.float32)), 400, "non-finite"),
     ("NPY complex", npy_bytes(np.zeros((32, 32), np.complex64)), 415, "unsupported-dtype"),
     ("NPY truncated", npy_bytes(np.zeros((64, 64), np.float32))[:500], 400, "corrupt-image"),
+    ("NPY trailing bytes", npy_bytes(np.zeros((64, 64), np.float32)) + b"\0" * 8, 400, "corrupt-image"),
+    ("NPY header of 37 GiB", npy_header_only("<f4", (100000, 100000)), 413, "absurd-dimensions"),
+    ("NPY object dtype", npy_header_only("|O", (32, 32)), 415, "unsupported-dtype"),
+    ("NPY garbage header", b"\x93NUMPY\x01\x00\x10\x00{'descr': 1,     }\n", 400, "corrupt-image"),
 ]
 
 
@@ -303,6 +314,21 @@ def test_huge_uploads_are_refused_while_streaming_over_http(small_service: Servi
         assert sent < 8 * MAX_UPLOAD
         ok = http.post("/api/v1/enhance/dicom", content=dicom_bytes(ct()), headers=headers)
         assert ok.status_code == 200
+
+
+def test_binary_uploads_describe_their_body_in_the_openapi_schema(service: Service) -> None:
+    """An OpenAPI client (or fuzzer) learns which media types each upload route takes."""
+    paths = service.client.get("/openapi.json", headers=service.auth("operator")).json()["paths"]
+    expected = {
+        "/api/v1/enhance": {"image/png", "application/x-npy"},
+        "/api/v1/classify": {"image/png", "application/x-npy", "application/dicom"},
+        "/api/v1/enhance/dicom": {"application/dicom", 'multipart/related; type="application/dicom"'},
+        "/dicom-web/studies": {'multipart/related; type="application/dicom"'},
+    }
+    for path, media in expected.items():
+        body = paths[path]["post"]["requestBody"]
+        assert body["required"] and set(body["content"]) == media, path
+        assert all(c["schema"] == {"type": "string", "format": "binary"} for c in body["content"].values())
 
 
 def test_stow_refuses_other_media_types(service: Service) -> None:

@@ -121,6 +121,16 @@ def audit(request: Request, principal: Principal, action: str, resource: str, de
     state(request).audit.record(principal.name, principal.role, action, resource, client_address(request), detail)
 
 
+def binary_body(*media_types: str) -> dict[str, Any]:
+    """``openapi_extra`` describing a raw (non-JSON) request body of ``media_types``, required, as bytes.
+
+    The routes read the body themselves (:func:`read_body`, streamed under the size limit); this only tells
+    clients and OpenAPI fuzzers what to send.
+    """
+    schema = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {m: {"schema": schema} for m in media_types}}}
+
+
 async def read_body(request: Request) -> bytes:
     """The request body, read in chunks (the app's body limit applies while streaming); empty → 400."""
     chunks = bytearray()

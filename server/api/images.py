@@ -21,6 +21,7 @@ import numpy as np
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"
 MIN_SIDE = 16
+ENCODE_ROWS = 256  # rows mapped back to stored values at a time
 
 
 class ImageInputError(ValueError):
@@ -83,16 +84,31 @@ def _decode_png(data: bytes, max_pixels: int) -> np.ndarray:
     return arr
 
 
-def _decode_npy(data: bytes) -> np.ndarray:
+def _decode_npy(data: bytes, max_pixels: int) -> np.ndarray:
+    """The array of an NPY file, its header checked first: dtype, rank, size and length before any allocation."""
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ImageInputError(400, "corrupt-image", f"NPY cannot be read: {exc}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif":
-        raise ImageInputError(415, "unsupported-dtype", f"NPY dtype {arr.dtype} is not an integer or float image")
-    if arr.ndim != 2:
-        raise ImageInputError(400, "bad-shape", f"NPY must hold one H×W image, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        version = npy.read_magic(stream)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(stream)
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, …
+        raise ImageInputError(400, "corrupt-image", f"NPY header cannot be read: {type(exc).__name__}") from None
+    if dtype.hasobject or dtype.kind not in "uif":
+        raise ImageInputError(415, "unsupported-dtype", f"NPY dtype {dtype} is not an integer or float image")
+    if len(shape) != 2:
+        raise ImageInputError(400, "bad-shape", f"NPY must hold one H×W image, got shape {shape}")
+    _check_dims(*shape, max_pixels)
+    count = shape[0] * shape[1]
+    available = len(data) - stream.tell()
+    if available != count * dtype.itemsize:
+        raise ImageInputError(
+            400, "corrupt-image", f"NPY header declares {count * dtype.itemsize} data bytes, the file holds {available}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    arr = arr.reshape(shape, order="F" if fortran_order else "C")
+    if dtype.kind == "f" and not np.isfinite(arr).all():
         raise ImageInputError(400, "non-finite", "NPY image contains NaN or infinite values")
     return arr
 
@@ -102,7 +118,7 @@ def decode(data: bytes, max_pixels: int) -> PlainImage:
     kind = sniff(data)
     if kind is None:
         raise ImageInputError(415, "unsupported-format", "not a PNG or NPY file (magic bytes do not match)")
-    arr = _decode_png(data, max_pixels) if kind == "png" else _decode_npy(data)
+    arr = _decode_png(data, max_pixels) if kind == "png" else _decode_npy(data, max_pixels)
     h, w = arr.shape[:2]
     _check_dims(h, w, max_pixels)
     rgb = arr.ndim == 3
@@ -113,7 +129,9 @@ def decode(data: bytes, max_pixels: int) -> PlainImage:
     else:
         offset = float(arr.min())
         span = float(arr.max()) - offset or 1.0
-    planes = ((arr.astype(np.float64) - offset) / span).astype(np.float32)
+    planes = arr.astype(np.float32)  # model space is float32: no float64 copies of a 4096² upload
+    planes -= offset
+    planes /= span
     planes = np.moveaxis(planes, -1, 0) if rgb else planes[None]
     return PlainImage(kind, np.ascontiguousarray(planes), arr.dtype, rgb, offset, span)
 
@@ -123,12 +141,7 @@ def encode(image: PlainImage, planes: np.ndarray, text: dict[str, str] | None = 
 
     ``text``: PNG tEXt chunks (what was applied; ``synthetic``); for NPY they travel in the response headers.
     """
-    values = np.clip(planes, 0.0, 1.0).astype(np.float64) * image.span + image.offset
-    arr = np.moveaxis(values, 0, -1) if image.rgb else values[0]
-    if image.dtype.kind in "ui":
-        info = np.iinfo(image.dtype)
-        arr = np.clip(np.rint(arr), info.min, info.max)
-    arr = arr.astype(image.dtype)
+    arr = _stored_values(image, planes)
     buffer = io.BytesIO()
     if image.format == "npy":
         np.save(buffer, arr, allow_pickle=False)
@@ -141,6 +154,23 @@ def encode(image: PlainImage, planes: np.ndarray, text: dict[str, str] | None = 
         info_chunks.add_text(key, value)
     Image.fromarray(arr).save(buffer, format="PNG", pnginfo=info_chunks)
     return buffer.getvalue()
+
+
+def _stored_values(image: PlainImage, planes: np.ndarray) -> np.ndarray:
+    """Model-space planes → values in the upload's dtype (H×W or H×W×3), a band of rows at a time: no float
+    copy of the whole output (an 8192² output is 256 MB per float32 copy)."""
+    n, height, width = planes.shape
+    out = np.empty((n, height, width), image.dtype)
+    work = np.float64 if image.dtype == np.float64 else np.float32
+    for start in range(0, height, ENCODE_ROWS):
+        band = np.clip(planes[:, start : start + ENCODE_ROWS], 0.0, 1.0, dtype=work)
+        band *= image.span
+        band += image.offset
+        if image.dtype.kind in "ui":
+            info = np.iinfo(image.dtype)
+            np.clip(np.rint(band, out=band), info.min, info.max, out=band)
+        out[:, start : start + ENCODE_ROWS] = band
+    return np.moveaxis(out, 0, -1) if image.rgb else out[0]
 
 
 def png_text(data: bytes) -> dict[str, str]:

@@ -20,7 +20,17 @@ from starlette.concurrency import run_in_threadpool
 
 from sensors.context import SensorContext, context_at
 from server.api import images
-from server.api.deps import ServiceState, api_error, audit, engine, image_resource, read_body, require, state
+from server.api.deps import (
+    ServiceState,
+    api_error,
+    audit,
+    binary_body,
+    engine,
+    image_resource,
+    read_body,
+    require,
+    state,
+)
 from server.api.routes.patients import vitals_store
 from server.api.tokens import Principal
 from server.dicom import DicomInputError, read_instance
@@ -123,6 +133,7 @@ def audit_instances(request: Request, principal: Principal, action: str, dataset
     "DICOM; `X-Aegle-Result` (JSON) says what was applied",
     response_class=Response,
     responses={200: {"content": {"application/dicom": {}, "multipart/related": {}}}},
+    openapi_extra=binary_body("application/dicom", 'multipart/related; type="application/dicom"'),
 )
 async def enhance_dicom(request: Request, principal: Annotated[Principal, Depends(require(*DICOM_ROLES))]) -> Response:
     body = await read_body(request)
@@ -175,6 +186,7 @@ _CANNOT_UNDERSTAND, _PROCESSING_FAILURE, _OUT_OF_RESOURCES = 0xC000, 0x0110, 0xA
 @router.post(
     "/dicom-web/studies",
     summary='DICOMweb STOW-RS: multipart/related; type="application/dicom"; each series is enhanced and stored',
+    openapi_extra=binary_body('multipart/related; type="application/dicom"'),
 )
 async def stow(request: Request, principal: Annotated[Principal, Depends(require(*STOW_ROLES))]) -> JSONResponse:
     content_type = request.headers.get("content-type", "")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.api import images
-from server.api.deps import api_error, audit, engine, image_resource, read_body, require, state
+from server.api.deps import api_error, audit, binary_body, engine, image_resource, read_body, require, state
 from server.api.routes.patients import applied_context, aware, patient_context
 from server.api.tokens import Principal
 from server.inference import TRIAGE, EnhanceOutput
@@ -35,6 +35,7 @@ def applied(out: EnhanceOutput, context: dict[str, Any] | None) -> dict[str, Any
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "application/x-npy": {}},
                      "description": "the enhanced image; `X-Aegle-Applied` (JSON) says what was applied"}},
+    openapi_extra=binary_body(*MEDIA.values()),
 )  # fmt: skip
 async def enhance_plain(
     request: Request,
@@ -62,6 +63,7 @@ async def enhance_plain(
 @router.post(
     "/api/v1/classify",
     summary="Triage one grey image (PNG, NPY, or DICOM: its middle frame): diagnostic quality or degraded, and why",
+    openapi_extra=binary_body(*MEDIA.values(), "application/dicom"),
 )
 async def classify(
     request: Request, principal: Annotated[Principal, Depends(require(*ENHANCE_ROLES))]

@@ -17,13 +17,27 @@ from server.store import StoreUnavailable, VitalsStore, open_store
 router = APIRouter(tags=["patients"])
 PATIENT_ROLES = ("clinician",)
 MAX_HISTORY = timedelta(days=7)
+# Times a request may name: vitals are stored in milliseconds since the Unix epoch, and a window around a time
+# must stay representable (year 1 minus an hour overflows).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def utc(value: datetime) -> datetime:
-    """``value`` in UTC; a naive time is refused (400) rather than guessed."""
+    """``value`` in UTC; a naive time (400 ``naive-time``) or one outside 1970–9000 (400 ``time-out-of-range``)
+    is refused rather than guessed."""
     if value.tzinfo is None:
         raise api_error(400, "naive-time", f"time {value.isoformat()} has no UTC offset (add Z or +01:00)")
-    return value.astimezone(UTC)
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        moment = None
+    if moment is None or not EARLIEST <= moment < LATEST:
+        raise api_error(
+            400, "time-out-of-range",
+            f"time {value.isoformat()} is outside {EARLIEST.isoformat()} to {LATEST.isoformat()}",
+        )  # fmt: skip
+    return moment
 
 
 def aware(value: datetime | None, default: datetime) -> datetime:
