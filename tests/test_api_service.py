@@ -7,6 +7,7 @@ measured by the benches on trained weights.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
@@ -167,6 +168,33 @@ def test_no_patient_identifier_in_logs(service: Service, caplog: pytest.LogCaptu
     assert "/api/v1/patients/{patient_id}/context" in text  # the route template is logged ...
     assert PATIENT not in text  # ... never the identifier
     assert service.tokens["clinician"] not in text
+
+
+def test_an_unexpected_failure_is_a_500_with_a_reason_and_the_connection_lives_on(
+    service: Service, live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real fault no route expects (the audit database closed under the service): 500 ``internal-error`` as
+    an ordinary response, the keep-alive connection serves the next request, and the log names the exception
+    type and route template but not the request's patient id."""
+    service.state.audit.close()
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    try:
+        with caplog.at_level(logging.INFO):
+            conn.request("GET", f"/api/v1/patients/{PATIENT}/context", headers=service.auth("clinician"))
+            r = conn.getresponse()
+            assert r.status == 500 and json.loads(r.read())["detail"]["reason"] == "internal-error"
+            local = conn.sock.getsockname()
+            conn.request("GET", "/healthz")
+            ok = conn.getresponse()
+            ok.read()
+            assert ok.status == 200 and conn.sock is not None and conn.sock.getsockname() == local
+    finally:
+        conn.close()
+    # uvicorn's access log prints concrete paths; `aegle serve` turns it off (tests/test_outside_probe.py reads
+    # the real server's log), this in-test uvicorn does not.
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name != "uvicorn.access")
+    assert "unhandled ProgrammingError in GET /api/v1/patients/{patient_id}/context" in text
+    assert PATIENT not in text
 
 
 # --------------------------------------------------------------------------- routes

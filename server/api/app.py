@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,6 +59,41 @@ class AccessLog:
             self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
             self.metrics.latency.labels(route=route, method=method).observe(elapsed)
             log.info("%s %s -> %d in %.1f ms", method, route, status, elapsed * 1000)
+
+
+class UnexpectedErrors:
+    """ASGI middleware: an exception no route turned into a 4xx/503 becomes ``500 internal-error`` here.
+
+    The answer is an ordinary response, so the client's keep-alive connection stays usable (an exception that
+    reaches the server closes it), and the log names the exception type, route template and raising line —
+    never the exception's message, which may quote a DICOM header or a query.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            route = getattr(scope.get("route"), "path", "unmatched")
+            log.error("unhandled %s in %s %s (%s:%d)", type(exc).__name__, scope["method"], route,
+                      where.filename.rsplit("/", 1)[-1], where.lineno)  # fmt: skip
+            reply = _json_error(500, "internal-error", "the server could not handle this request; it is logged")
+            await reply(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -165,7 +201,8 @@ def create_app(
     for module in (health, enhance, dicom, synthesize, patients, studies, models, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=api.max_upload_bytes)
-    app.add_middleware(AccessLog, metrics=st.metrics)  # outermost: sees the 413s too
+    app.add_middleware(UnexpectedErrors)  # outside BodyLimit: its refusal is not an error
+    app.add_middleware(AccessLog, metrics=st.metrics)  # outermost: sees the 413s and 500s too
 
     @app.exception_handler(images.ImageInputError)
     async def image_error(_r: Request, exc: images.ImageInputError) -> JSONResponse:
