@@ -459,6 +459,8 @@ class Simulator:
         elif reason == "timestamp_in_future":
             moment = out.timestamp + timedelta(days=rng.uniform(1, 400))  # real-time clock reset after a battery swap
             body["timestamp"] = _iso(int(moment.timestamp() * 1000))
+        elif reason == "timestamp_too_old":
+            body["timestamp"] = _iso(rng.randrange(86_400_000))  # a real-time clock that lost power restarts at 1970
         elif reason == "duplicate_observation":
             observations.append(dict(observations[0]))
         elif reason == "topic_mismatch":

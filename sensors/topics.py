@@ -9,10 +9,11 @@
 ``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/{index}``   one chunk of it, raw bytes (QoS 1)
 ==========================================================  ==============================================
 
-A device may publish only under its own ``device_id``: the broker ACL (:func:`mosquitto_acl`) uses Mosquitto's
-``%u`` substitution, so the MQTT username of a device is its device id; an edge node likewise publishes DICOM
-only under its own ``edge_id``. The DICOM transfer contract (manifest, chunks, checksums) is in
-:mod:`sensors.dicom_transfer`; topics carry no patient data (the transfer id is a random UUID).
+The MQTT username of a device is its device id and that of an edge node its edge id: a device may publish only
+its own vitals topic at its own site, an edge node only its own DICOM topics at its site, and neither may
+subscribe to anything. Who may publish and subscribe to what is :mod:`sensors.accounts`, from which the broker
+policy is generated. The DICOM transfer contract (manifest, chunks, checksums) is in :mod:`sensors.dicom_transfer`;
+topics carry no patient data (the transfer id is a random UUID).
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def deadletter(site: str, reason: str) -> str:
     return f"{PREFIX}/{site}/deadletter/{reason}"
 
 
+def deadletter_filter(site: str = "+") -> str:
+    """Subscription filter for every dead letter (of one site or of every site)."""
+    return deadletter(site, "+")
+
+
 def context(site: str, patient_id: str) -> str:
     """Retained topic carrying a patient's live sensor context."""
     return f"{PREFIX}/{_segment(site, 'site')}/context/{_segment(patient_id, 'patient_id')}"
@@ -78,6 +84,11 @@ def context_filter(site: str = "+") -> str:
 def results(site: str, study_uid: str) -> str:
     """Topic announcing the result of a processed study."""
     return f"{PREFIX}/{_segment(site, 'site')}/results/{study_uid}"
+
+
+def results_filter(site: str = "+") -> str:
+    """Subscription filter for every result event (of one site or of every site)."""
+    return f"{PREFIX}/{site}/results/+"
 
 
 def _transfer_id(value: str) -> str:
@@ -102,9 +113,9 @@ def _dicom_base(site: str, edge_id: str, transfer_id: str) -> str:
     return f"{PREFIX}/{_segment(site, 'site')}/{_segment(edge_id, 'edge_id')}/dicom/{_transfer_id(transfer_id)}"
 
 
-def dicom_filter(site: str = "+") -> str:
-    """Subscription filter for every edge node's manifests and chunks (of one site or of every site)."""
-    return f"{PREFIX}/{site}/+/dicom/+/+"
+def dicom_filter(site: str = "+", edge_id: str = "+") -> str:
+    """Filter for the manifests and chunks of every edge node (or of one), of every site (or of one)."""
+    return f"{PREFIX}/{site}/{edge_id}/dicom/+/+"
 
 
 def parse_dicom_topic(topic: str) -> tuple[str, str, str, int | None]:
@@ -122,16 +133,3 @@ def parse_dicom_topic(topic: str) -> tuple[str, str, str, int | None]:
     if not last.isdigit() or (len(last) > 1 and last[0] == "0"):
         raise ValueError(f"chunk index {last!r} is not a non-negative integer")
     return site, edge_id, transfer_id, int(last)
-
-
-def mosquitto_acl(service_users: tuple[str, ...] = ("aegle-ingest",)) -> str:
-    """Mosquitto ACL text: devices write only their own vitals and DICOM topics; service users read and write all."""
-    lines = [
-        "# devices and edge nodes: the MQTT username is the device id / edge id",
-        f"pattern write {PREFIX}/+/%u/vitals",
-        f"pattern write {PREFIX}/+/%u/dicom/#",
-        "",
-    ]
-    for user in service_users:
-        lines += [f"user {user}", f"topic readwrite {PREFIX}/#", ""]
-    return "\n".join(lines)

@@ -8,8 +8,9 @@ One JSON object per MQTT message::
 
 Codes are LOINC (system ``http://loinc.org``) with UCUM units. Motion has no LOINC vital-sign code, so it uses
 Aegle's own code system (``urn:aegle:code``). Values outside the physiologically possible range, unknown codes,
-wrong units, missing fields, naive timestamps and oversized payloads are rejected with a :class:`VitalsRejected`
-whose ``reason`` is one of :data:`REJECT_REASONS`; nothing is clamped silently.
+wrong units, missing fields (``schema`` included), values that are not JSON numbers, times that are not ISO 8601
+strings with a UTC offset, naive, future or too old timestamps and oversized payloads are rejected with a
+:class:`VitalsRejected` whose ``reason`` is one of :data:`REJECT_REASONS`; nothing is clamped or coerced silently.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import from_json
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError, from_json
 
 LOINC = "http://loinc.org"
 AEGLE_CODES = "urn:aegle:code"
@@ -31,6 +32,9 @@ SCHEMA = "aegle.vitals/1"
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_OBSERVATIONS = 32
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+#: Oldest acceptable timestamp, relative to the worker's clock when it validates. A device or edge buffer that was
+#: offline for up to a week (the ingest worker's session expiry too) still delivers; a clock reset to 1970 does not.
+MAX_PAST_AGE = timedelta(days=7)
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
 
@@ -77,6 +81,7 @@ REJECT_REASONS = (
     "impossible_value",
     "naive_timestamp",
     "timestamp_in_future",
+    "timestamp_too_old",
     "duplicate_observation",
     "topic_mismatch",
 )
@@ -90,6 +95,7 @@ RejectReason = Literal[
     "impossible_value",
     "naive_timestamp",
     "timestamp_in_future",
+    "timestamp_too_old",
     "duplicate_observation",
     "topic_mismatch",
 ]
@@ -104,20 +110,45 @@ class VitalsRejected(ValueError):
         self.detail = detail
 
 
+_DATE_AND_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+def _iso_date_time(value: object) -> object:
+    """Let only ISO 8601 date-time strings (and datetimes built in Python) reach pydantic's datetime parser.
+
+    That parser also reads JSON numbers and digit strings as Unix seconds (``1`` and ``"0"`` became 1970).
+    """
+    if value is None or isinstance(value, datetime) or (type(value) is str and _DATE_AND_TIME.match(value)):
+        return value
+    raise PydanticCustomError(
+        "iso_date_time",
+        "must be an ISO 8601 date-time string with a UTC offset, e.g. 2026-11-21T11:59:58.250Z; got {got}",
+        {"got": repr(value)[:40]},
+    )
+
+
+#: A time on the wire: an ISO 8601 date-time string (its offset is checked later, for ``naive_timestamp``).
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_date_time)]
+
+
 class Observation(BaseModel):
-    """One coded value; ``time`` defaults to the message timestamp."""
+    """One coded value; ``time`` defaults to the message timestamp. ``value`` must be a JSON number."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     code: str = Field(min_length=1, max_length=32)
     system: str = LOINC
-    value: float = Field(allow_inf_nan=False)
+    value: float = Field(strict=True, allow_inf_nan=False)
     unit: str = Field(min_length=1, max_length=16)
-    time: datetime | None = None
+    time: Annotated[datetime | None, BeforeValidator(_iso_date_time)] = None
 
 
 class VitalsMessage(BaseModel):
-    """A device's report about one patient at one time."""
+    """A device's report about one patient at one time.
+
+    ``schema`` defaults to ``aegle.vitals/1`` for messages built in Python; on the wire it is required
+    (:func:`parse_vitals`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -126,7 +157,7 @@ class VitalsMessage(BaseModel):
     site: str = Field(pattern=ID_PATTERN)
     device_id: str = Field(pattern=ID_PATTERN)
     patient_id: str = Field(pattern=ID_PATTERN)
-    timestamp: datetime
+    timestamp: IsoDateTime
     observations: list[Observation] = Field(min_length=1, max_length=MAX_OBSERVATIONS)
 
     @field_validator("timestamp")
@@ -173,6 +204,8 @@ def _first_error(exc: ValidationError) -> VitalsRejected:
         return VitalsRejected("malformed_json", err["msg"])
     if err["type"] == "value_error" and "naive timestamp" in err["msg"]:
         return VitalsRejected("naive_timestamp", f"{where} has no UTC offset")
+    if err["type"] == "float_type":  # strict: numeric strings ("72") and booleans are not values
+        return VitalsRejected("invalid_field", f"{where} must be a JSON number, got {err['input']!r:.40}")
     if err["type"] in ("model_type", "model_attributes_type") and where == "message":
         return VitalsRejected("malformed_json", "payload is not a JSON object")
     return VitalsRejected("invalid_field", f"{where}: {err['msg']}")
@@ -182,10 +215,21 @@ def _first_error(exc: ValidationError) -> VitalsRejected:
 ObservationValues = tuple[str, str, float, str, datetime | None]
 
 
+def _check_time(where: str, moment: datetime, now: datetime) -> None:
+    """Refuse a time more than :data:`MAX_FUTURE_SKEW` ahead of ``now`` or more than :data:`MAX_PAST_AGE` behind it."""
+    if moment - now > MAX_FUTURE_SKEW:
+        raise VitalsRejected(
+            "timestamp_in_future", f"{where} is {moment - now} ahead of the server (limit {MAX_FUTURE_SKEW})"
+        )
+    if now - moment > MAX_PAST_AGE:
+        raise VitalsRejected(
+            "timestamp_too_old", f"{where} is {now - moment} behind the server (limit {MAX_PAST_AGE.days} days)"
+        )
+
+
 def _check_values(timestamp: datetime, observations: Iterable[ObservationValues], now: datetime) -> None:
     """The rules on codes, units, values and times, shared by :func:`parse_vitals` and :func:`parse_samples`."""
-    if timestamp - now > MAX_FUTURE_SKEW:
-        raise VitalsRejected("timestamp_in_future", f"timestamp is {timestamp - now} ahead of the server")
+    _check_time("timestamp", timestamp, now)
     seen: set[str] = set()
     by_key: dict[str, float] = {}
     for i, (code, system, value, unit, time) in enumerate(observations):
@@ -206,8 +250,7 @@ def _check_values(timestamp: datetime, observations: Iterable[ObservationValues]
         if time is not None:
             if time.tzinfo is None or time.utcoffset() is None:
                 raise VitalsRejected("naive_timestamp", f"observations.{i}.time has no UTC offset")
-            if time - now > MAX_FUTURE_SKEW:
-                raise VitalsRejected("timestamp_in_future", f"observations.{i}.time is ahead of the server")
+            _check_time(f"observations.{i}.time", time, now)
         seen.add(code)
         by_key[sign.key] = value
     if "systolic_bp" in by_key and "diastolic_bp" in by_key and by_key["diastolic_bp"] >= by_key["systolic_bp"]:
@@ -228,6 +271,8 @@ def parse_vitals(payload: bytes, now: datetime | None = None) -> VitalsMessage:
         message = VitalsMessage.model_validate_json(payload)
     except ValidationError as exc:
         raise _first_error(exc) from None
+    if "schema_" not in message.model_fields_set:  # only Python callers may leave it to the default
+        raise VitalsRejected("missing_field", "schema is required")
     check_observations(message, now)
     return message
 
@@ -278,7 +323,7 @@ def _plain_samples(payload: bytes, now: datetime) -> list[Sample] | None:
         body = from_json(payload)
     except ValueError:
         return None
-    if type(body) is not dict or not body.keys() <= _TOP_KEYS or body.get("schema", SCHEMA) != SCHEMA:
+    if type(body) is not dict or not body.keys() <= _TOP_KEYS or body.get("schema") != SCHEMA:
         return None
     try:
         message_id, site, device_id = body["message_id"], body["site"], body["device_id"]

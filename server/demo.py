@@ -35,6 +35,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from sensors import topics
+from sensors.accounts import device
 from sensors.context import SensorContext, context_at
 from sensors.publisher import DeviceFleet
 from sensors.simulator import Faults, Simulator, run
@@ -229,7 +230,7 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
     )
     broker = Mosquitto(workdir / "mosquitto", service_users=SERVICE_USERS)
     service = broker.add_users(list(SERVICE_USERS))
-    credentials = broker.add_users(list(sim.devices))
+    credentials = broker.add_accounts([device(d, SITE) for d in sim.devices])
     settings = Settings(
         mqtt=MqttSettings(host=LOOPBACK, port=broker.port, username="aegle-ingest", password=service["aegle-ingest"]),
         store=StoreSettings(backend="sqlite", sqlite_path=workdir / "vitals.sqlite"),

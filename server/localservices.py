@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-from sensors import topics
+from sensors import accounts
+from sensors.accounts import Account
 
 LOOPBACK = "127.0.0.1"
 POLICY = Path(__file__).with_name("mosquitto-policy.conf")
@@ -126,10 +127,15 @@ def require(binary: str, package: str) -> str:
 
 
 class Mosquitto(LocalService):
-    """A Mosquitto broker with Aegle's policy (``mosquitto-policy.conf``), a password file and the topic ACL.
+    """A Mosquitto broker with Aegle's policy (``mosquitto-policy.conf``) and its accounts.
 
-    ``users`` maps MQTT usernames to passwords; with ``anonymous=True`` (tests that need it only) no login
-    is required and no ACL is applied.
+    Logins and topic grants are Mosquitto's dynamic-security plugin, configured from the accounts registered here
+    (:mod:`sensors.accounts` says what each may publish and subscribe to; ``users`` maps usernames to passwords).
+    The plugin, not ``acl_file``, because Mosquitto 2.0's ``acl_file`` grants every SUBSCRIBE (see
+    :mod:`sensors.accounts`). Accounts registered while the broker runs are created through the plugin's control
+    topic by the ``aegle-broker-admin`` account, which every authenticating broker has. ``service_users`` are
+    service accounts registered at once. With ``anonymous=True`` (tests that need it only) no login is required
+    and nothing is refused.
     """
 
     name = "mosquitto"
@@ -138,64 +144,70 @@ class Mosquitto(LocalService):
         self,
         workdir: Path,
         port: int | None = None,
-        users: dict[str, str] | None = None,
-        service_users: tuple[str, ...] = ("aegle-ingest",),
+        service_users: Iterable[str] = (),
         anonymous: bool = False,
     ) -> None:
         super().__init__(workdir, port)
-        self.users = dict(users or {})
-        self.service_users = service_users
+        self.accounts: dict[str, Account] = {}
+        self.users: dict[str, str] = {}
         self.anonymous = anonymous
+        self.add_users([*([] if anonymous else [accounts.BROKER_ADMIN]), *service_users])
 
-    def add_user(self, username: str, password: str | None = None) -> str:
-        """Register a user; returns the password, generated if not given. Live brokers reload (SIGHUP)."""
-        return self.add_users({username: password})[username]
+    def add_accounts(self, new: Iterable[Account], passwords: Mapping[str, str | None] | None = None) -> dict[str, str]:
+        """Register accounts (passwords generated unless given) and return their passwords.
 
-    def add_users(self, users: dict[str, str | None] | list[str]) -> dict[str, str]:
-        """Register several users at once (one reload when the broker is running); returns their passwords."""
-        wanted = dict.fromkeys(users) if isinstance(users, list) else users
-        added = {name: password or secrets.token_urlsafe(18) for name, password in wanted.items()}
+        A running broker gets them at once through the dynamic-security control topic; a username it already has
+        is refused there (the broker's error is raised).
+        """
+        wanted = list(new)
+        added = {a.username: (passwords or {}).get(a.username) or secrets.token_urlsafe(18) for a in wanted}
+        if self.process is not None and self.process.poll() is None and not self.anonymous:
+            self._control(accounts.mosquitto_dynsec_commands(wanted, added))
+        self.accounts.update((a.username, a) for a in wanted)
         self.users.update(added)
-        if self.process is not None and self.process.poll() is None:
-            self._write_passwd()
-            self.process.send_signal(signal.SIGHUP)
-            self._wait_login(*next(iter(reversed(added.items()))))
         return added
 
-    def _write_passwd(self) -> None:
-        passwd = self.workdir / "passwd"
-        lines = []
-        for user, password in self.users.items():
-            done = subprocess.run(
-                [require("mosquitto_passwd", "mosquitto"), "-b", "-c", "/dev/stdout", user, password],
-                check=True, capture_output=True, text=True,
-            )
-            lines.append(done.stdout.strip())
-        tmp = passwd.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.chmod(0o600)
-        tmp.replace(passwd)
+    def add_users(self, users: dict[str, str | None] | list[str]) -> dict[str, str]:
+        """Register service accounts by name (:data:`sensors.accounts.SERVICE_ACCOUNTS`); returns their passwords.
 
-    def _wait_login(self, username: str, password: str, timeout: float = 10.0) -> None:
-        """Wait until the reloaded password file accepts ``username``."""
+        Devices and edge nodes belong to a site: register them with :meth:`add_accounts`.
+        """
+        wanted = dict.fromkeys(users) if isinstance(users, list) else users
+        return self.add_accounts([accounts.service(name) for name in wanted], wanted)
+
+    def add_user(self, username: str, password: str | None = None) -> str:
+        """Register one service account; returns its password."""
+        return self.add_users({username: password})[username]
+
+    def _control(self, commands: list[dict[str, object]], timeout: float = 10.0) -> None:
+        """Send dynamic-security commands as the broker admin; raise if the broker refuses any of them."""
         import paho.mqtt.client as mqtt
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-            client.username_pw_set(username, password)
-            ok = threading.Event()
-            client.on_connect = lambda _c, _u, _f, rc, _p, ok=ok: rc.is_failure or ok.set()
-            try:
-                client.connect(LOOPBACK, self.port)
-                client.loop_start()
-                if ok.wait(1.0):
-                    return
-            finally:
-                client.disconnect()
-                client.loop_stop()
-            time.sleep(0.05)
-        raise TimeoutError(f"mosquitto did not accept the new user {username!r} after reload")
+        answers: queue.Queue[bytes] = queue.Queue()
+        suback: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{accounts.BROKER_ADMIN}-{time.time_ns()}",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client.username_pw_set(accounts.BROKER_ADMIN, self.users[accounts.BROKER_ADMIN])
+        client.on_subscribe = lambda _c, _u, _mid, codes, _p: suback.put(codes)
+        client.on_message = lambda _c, _u, message: answers.put(message.payload)
+        client.connect(LOOPBACK, self.port)
+        client.loop_start()
+        try:
+            client.subscribe(accounts.DYNSEC_RESPONSE, qos=1)
+            codes = suback.get(timeout=timeout)
+            if codes[0].is_failure:
+                raise RuntimeError(f"the broker admin may not subscribe to {accounts.DYNSEC_RESPONSE}: {codes}")
+            client.publish(accounts.DYNSEC_CONTROL, json.dumps({"commands": commands}), qos=1)
+            responses = json.loads(answers.get(timeout=timeout))["responses"]
+        except queue.Empty:
+            raise TimeoutError(f"no answer from the dynamic-security plugin in {timeout:g} s: {self.log_tail()}") \
+                from None
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        refused = [r for r in responses if "error" in r]
+        if refused:
+            raise RuntimeError(f"the broker refused to register accounts: {refused}")
 
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
@@ -213,16 +225,30 @@ class Mosquitto(LocalService):
         else:
             lines += [
                 "allow_anonymous false",
-                f"password_file {self.workdir / 'passwd'}",
-                f"acl_file {self.workdir / 'acl'}",
+                f"plugin {self.dynsec_plugin()}",
+                f"plugin_opt_config_file {self.workdir / 'dynamic-security.json'}",
             ]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def dynsec_plugin() -> Path:
+        """Mosquitto's dynamic-security plugin (Debian's ``mosquitto`` package ships it in the multiarch lib dir)."""
+        found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so")) or sorted(
+            Path("/usr/lib").glob("mosquitto_dynamic_security.so")
+        )
+        if not found:
+            raise FileNotFoundError("mosquitto_dynamic_security.so not found: install the Debian package 'mosquitto'")
+        return found[0]
 
     def command(self) -> Sequence[str]:
         binary = require("mosquitto", "mosquitto")
         if not self.anonymous:
-            self._write_passwd()
-            (self.workdir / "acl").write_text(topics.mosquitto_acl(self.service_users))
+            # Written from the registered accounts at every start; the plugin rewrites it as accounts are added.
+            config = self.workdir / "dynamic-security.json"
+            tmp = config.with_suffix(".tmp")
+            tmp.write_text(json.dumps(accounts.mosquitto_dynsec_config(self.accounts.values(), self.users), indent=1))
+            tmp.chmod(0o600)  # password hashes
+            tmp.replace(config)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config_text())
         return [binary, "-c", str(conf)]

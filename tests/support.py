@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from server.localservices import Mosquitto
 from server.settings import IngestSettings, MqttSettings, Settings, StoreSettings
 
-SERVICE_USERS = ("aegle-ingest", "aegle-test")
+SERVICE_USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # roles: sensors.accounts.SERVICE_ACCOUNTS
 V2 = mqtt.CallbackAPIVersion.VERSION2
 
 
@@ -26,19 +27,20 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
 
 
 class Collector:
-    """A paho subscriber (service user) recording every message on a filter, retained ones included."""
+    """A paho subscriber (the test harness account) recording every message on a filter, retained ones included."""
 
     def __init__(self, broker: Mosquitto, topic_filter: str, user: str = "aegle-test") -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.client = mqtt.Client(V2, client_id=f"collector-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
         self.client.username_pw_set(user, broker.users[user])
         subscribed = threading.Event()
+        suback: list[ReasonCode] = []
         self.client.on_message = lambda _c, _u, m: self.messages.append(m)
-        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: (suback.extend(codes), subscribed.set())
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         self.client.subscribe(topic_filter, qos=1)
-        assert subscribed.wait(5)
+        assert subscribed.wait(5) and not suback[0].is_failure, f"{user} may not subscribe to {topic_filter}: {suback}"
 
     def close(self) -> None:
         self.client.disconnect()

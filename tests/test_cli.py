@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sensors import topics
+from sensors.accounts import device
 from sensors.vitals import Sample, parse_vitals, to_ms
 from server.localservices import Mosquitto
 from server.store.sqlite import SQLiteStore
@@ -51,7 +52,7 @@ def test_simulate_publishes_as_each_device(broker: Mosquitto, tmp_path: Path) ->
     """``aegle simulate`` logs in as every simulated device and its messages arrive on their own topics."""
     devices = ["mon-1", "wear-1"]
     credentials = tmp_path / "devices.json"
-    credentials.write_text(json.dumps(broker.add_users(devices)))
+    credentials.write_text(json.dumps(broker.add_accounts([device(d, "ward-7") for d in devices])))
     collector = Collector(broker, topics.vitals_filter("ward-7"))
     try:
         done = aegle("simulate", "--patients", "1", "--rate", "5", "--duration", "2", "--site", "ward-7",

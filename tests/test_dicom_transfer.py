@@ -22,6 +22,7 @@ from pynetdicom import AE
 
 from edge.node import EdgeNode
 from sensors import topics
+from sensors.accounts import edge, grants
 from sensors.dicom_transfer import (
     BROKER_MAX_PACKET_BYTES,
     MAX_CHUNK_BYTES,
@@ -67,7 +68,7 @@ class Received:
 
 def assembler(broker: Mosquitto, tmp_path: Path, sink: Received, **settings: object) -> TransferAssembler:
     transfer = TransferSettings(staging_path=tmp_path / "staging", sweep_interval_s=0.2, **settings)
-    return TransferAssembler(mqtt_as(broker, "aegle-ingest"), transfer, sink)
+    return TransferAssembler(mqtt_as(broker, "aegle-server"), transfer, sink)
 
 
 def c_store(port: int, paths: list[Path], ae_title: str = "AEGLE_EDGE") -> list[int]:
@@ -118,7 +119,7 @@ def test_topics_round_trip_and_refuse_bad_levels() -> None:
     with pytest.raises(ValueError):
         topics.dicom_manifest("s1", "edge/1", tid)
     assert topics.dicom_filter("s1") == "aegle/v1/s1/+/dicom/+/+"
-    assert "pattern write aegle/v1/+/%u/dicom/#" in topics.mosquitto_acl()
+    assert grants(edge("edge-1", "s1")).publish == ("aegle/v1/s1/edge-1/dicom/+/+",)
 
 
 def test_manifest_validation_and_chunk_checksums() -> None:
@@ -151,11 +152,11 @@ def test_largest_chunk_fits_the_broker_packet_limit(broker: Mosquitto) -> None:
     """The policy's max_packet_size is the constant the chunk size derives from, and a largest chunk gets through."""
     limit = re.search(r"^max_packet_size (\d+)$", POLICY.read_text(), re.M)
     assert limit is not None and int(limit.group(1)) == BROKER_MAX_PACKET_BYTES
-    broker.add_user("edge-a")
+    long_site = "s" * 64
+    broker.add_accounts([edge("edge-a", long_site)])
     chunk = os.urandom(MAX_CHUNK_BYTES)
     tid = str(new_manifest(chunk, SITE, "edge-a").transfer_id)
     with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
-        long_site = "s" * 64
         pub.publish(topics.dicom_chunk(long_site, "edge-a", tid, 99_999), chunk, properties=chunk_properties(chunk))
         assert pub.flush(10)
         assert pub.refused_count == 0 and pub.acknowledged == 1
@@ -166,7 +167,7 @@ def test_largest_chunk_fits_the_broker_packet_limit(broker: Mosquitto) -> None:
 
 def test_ct_and_multiframe_mr_arrive_byte_identical(broker: Mosquitto, tmp_path: Path) -> None:
     """C-STORE SCU → edge SCP → outbox → MQTT in many chunks → assembler → on_instance, SHA-256 equal."""
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     server = assembler(broker, tmp_path, sink).start()
     node = edge_node(broker, tmp_path, "edge-a", chunk_size=64 * 1024).start()
@@ -204,7 +205,7 @@ def publish_transfer(pub: MqttPublisher, data: bytes, edge_id: str, chunk_size: 
 
 
 def test_bad_transfers_are_dead_lettered_and_the_next_one_works(broker: Mosquitto, tmp_path: Path) -> None:
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     letters = Collector(broker, topics.deadletter(SITE, "+"))
     server = assembler(broker, tmp_path, sink, max_instance_bytes=400_000, incomplete_timeout_s=2.0).start()
@@ -246,7 +247,7 @@ def test_bad_transfers_are_dead_lettered_and_the_next_one_works(broker: Mosquitt
 
 def test_redelivered_and_repeated_transfers_are_delivered_once(broker: Mosquitto, tmp_path: Path) -> None:
     """Chunks before the manifest, duplicates, a whole transfer sent twice, a transfer staged across a restart."""
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     mr = MR.read_bytes()
     manifest = new_manifest(mr, SITE, "edge-a", 4096)
@@ -274,7 +275,7 @@ def test_redelivered_and_repeated_transfers_are_delivered_once(broker: Mosquitto
 def test_full_staging_holds_acknowledgements_until_space_frees(broker: Mosquitto, tmp_path: Path) -> None:
     """Random bytes (plumbing only): a stalled transfer fills the staging area; the next one waits, unacknowledged
     and not lost, until the stalled one times out."""
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     letters = Collector(broker, topics.deadletter(SITE, "+"))
     limit = 300_000
@@ -300,7 +301,7 @@ def test_full_staging_holds_acknowledgements_until_space_frees(broker: Mosquitto
 def start_assembler_process(broker: Mosquitto, tmp_path: Path, worker_id: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update({"AEGLE_MQTT__HOST": "127.0.0.1", "AEGLE_MQTT__PORT": str(broker.port),
-                "AEGLE_MQTT__USERNAME": "aegle-ingest", "AEGLE_MQTT__PASSWORD": broker.users["aegle-ingest"],
+                "AEGLE_MQTT__USERNAME": "aegle-server", "AEGLE_MQTT__PASSWORD": broker.users["aegle-server"],
                 "AEGLE_LOG_LEVEL": "WARNING"})
     cmd = [sys.executable, "-m", "server.dicom_transfer", "--worker-id", worker_id,
            "--staging", str(tmp_path / "staging"), "--deliver-dir", str(tmp_path / "delivered")]
@@ -315,7 +316,7 @@ def deliveries(tmp_path: Path) -> list[dict[str, object]]:
 
 
 def test_assembler_kill_9_mid_transfer_delivers_exactly_once(broker: Mosquitto, tmp_path: Path) -> None:
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     data = CT.read_bytes()  # 526 kB → 258 chunks of 2 KiB
     # The session (and its subscription) exists before anything is published, as in production.
     assembler(broker, tmp_path, DirectorySink(tmp_path / "delivered"), worker_id="crash").start().stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sensors import topics
+from sensors.accounts import device
 from sensors.context import CONTEXT_FIELDS, SensorContext, context_at
 from sensors.publisher import DeviceFleet, MqttPublisher
 from sensors.simulator import Faults, Simulator
@@ -34,6 +36,7 @@ from server.store import open_store
 from server.store.sqlite import row_counts
 from tests.store_fixtures import flush
 from tests.support import Collector, ingest_settings, wait_for
+from tests.test_vitals import probe_cases
 
 V2 = mqtt.CallbackAPIVersion.VERSION2
 
@@ -58,7 +61,7 @@ def test_simulated_devices_end_to_end(backend: str, broker: Mosquitto, tmp_path:
     site = f"ward-{backend[:3]}"
     sim = Simulator(patients=4, site=site, rate_hz=2.0, seed=7, patient_prefix=f"e2e{backend[:3]}",
                     faults=Faults(duplicate_fraction=0.05, late_fraction=0.05, dropouts_per_hour=60, bad_fraction=0.03))
-    credentials = broker.add_users(list(sim.devices))
+    credentials = broker.add_accounts([device(d, site) for d in sim.devices])
     start = datetime.now(UTC) - timedelta(seconds=90)
     outgoing = list(sim.messages(start, duration_s=60))
     valid = [o for o in outgoing if o.expected_reject is None]
@@ -160,6 +163,45 @@ def test_bad_payloads_go_to_dead_letter_and_the_worker_keeps_going(broker: Mosqu
     assert [s.value for s in store.query("enc-dlq", 0, to_ms(now) + 1)] == [71 + i for i in range(len(cases))]
     store.close()
 
+
+
+def test_probe_payloads_are_dead_lettered_with_their_reason_and_not_stored(broker: Mosquitto, tmp_path: Path) -> None:
+    """Issue 13: 74 of 2 000 payloads contrary to docs/vitals.md were stored (Unix-second and 1970 timestamps,
+    numeric strings as values, no ``schema``). Sent by a real device account, each must reach the dead-letter topic
+    with its reason, and only the valid message after them is stored."""
+    settings = ingest_settings(broker, tmp_path, worker_id="probe-d7")
+    password = broker.add_accounts([device("mon-12", "ward-3")])["mon-12"]
+    letters = Collector(broker, topics.deadletter_filter("ward-3"))
+    worker = IngestWorker(settings).start()
+    now = datetime.now(UTC)
+    cases = {name: (json.dumps(body).encode(), reason) for name, (body, reason) in probe_cases(now).items()}
+    valid = VitalsMessage(message_id="valid-after-probe", site="ward-3", device_id="mon-12", patient_id="enc-0042",
+                          timestamp=now - timedelta(seconds=1),
+                          observations=[Observation(code="8867-4", value=72, unit="/min")])
+    try:
+        with MqttPublisher("127.0.0.1", broker.port, "mon-12", "mon-12", password) as pub:
+            for payload, _reason in cases.values():
+                pub.publish(topics.vitals("ward-3", "mon-12"), payload)
+            pub.publish(topics.vitals("ward-3", "mon-12"), valid.to_json())
+            assert pub.flush(10) and not pub.refused
+        wait_for(lambda: len(letters.messages) >= len(cases), 15, "a dead letter per probe payload")
+        wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 1, 10, "the valid message")
+    finally:
+        worker.stop()
+        letters.close()
+    by_sha = {json.loads(m.payload)["payload_sha256"]: m for m in letters.messages}
+    assert len(by_sha) == len(letters.messages) == len(cases)
+    for name, (payload, reason) in cases.items():
+        message = by_sha[hashlib.sha256(payload).hexdigest()]
+        letter = json.loads(message.payload)
+        assert (message.topic, letter["reason"]) == (topics.deadletter("ward-3", reason), reason), name
+        assert letter["detail"] and base64.b64decode(letter["payload_b64"]) == payload
+    store = open_store(settings.store)
+    try:
+        assert [(s.message_id, s.value) for s in store.query("enc-0042", 0, to_ms(now) + 1)] == [
+            ("valid-after-probe", 72)]
+    finally:
+        store.close()
 
 def stream(n: int, patients: int = 50) -> list[tuple[str, bytes]]:
     """``n`` distinct single-observation messages (distinct series/millisecond, so each is one stored row)."""

@@ -11,13 +11,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sensors import topics
+from sensors.accounts import device
 from sensors.publisher import DeviceFleet, MqttConnectError, MqttPublisher
 from sensors.simulator import Faults, Simulator, run
 from sensors.vitals import parse_vitals
 from server.localservices import LOOPBACK, Mosquitto, free_port
 
 SITE = "ward-1"
-INGEST_USER = "aegle-ingest"
+OBSERVER = "aegle-test"  # the test harness account: may watch every vitals topic
 
 
 class Collector:
@@ -72,18 +73,16 @@ def sim() -> Simulator:
 
 @pytest.fixture(scope="module")
 def auth_broker(tmp_path_factory: pytest.TempPathFactory, sim: Simulator) -> Iterator[Mosquitto]:
-    """A broker with passwords and the device ACL: one user per simulated device plus the ingest service."""
-    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto-auth"))
-    for device in sim.devices:
-        broker.add_user(device)
-    broker.add_user(INGEST_USER)
+    """A broker with passwords and the policy: one account per simulated device (at SITE) plus the observer."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto-auth"), service_users=[OBSERVER])
+    broker.add_accounts([device(d, SITE) for d in sim.devices])
     with broker:
         yield broker
 
 
 @pytest.fixture
-def ingest(auth_broker: Mosquitto) -> Iterator[Collector]:
-    collector = Collector(auth_broker.port, topics.vitals_filter(SITE), INGEST_USER, auth_broker.users[INGEST_USER])
+def observer(auth_broker: Mosquitto) -> Iterator[Collector]:
+    collector = Collector(auth_broker.port, topics.vitals_filter("+"), OBSERVER, auth_broker.users[OBSERVER])
     yield collector
     collector.close()
 
@@ -125,34 +124,39 @@ def test_backlog_blocks_at_its_bound(open_broker: Mosquitto) -> None:
 
 
 def test_fleet_publishes_each_device_with_its_own_credentials(
-    auth_broker: Mosquitto, sim: Simulator, ingest: Collector
+    auth_broker: Mosquitto, sim: Simulator, observer: Collector
 ) -> None:
     credentials = {device: auth_broker.users[device] for device in sim.devices}
     with DeviceFleet(LOOPBACK, auth_broker.port, credentials, max_backlog=50) as fleet:
         count = run(sim, fleet, duration_s=120, realtime=False)
         assert fleet.flush(10)
         assert fleet.refused == [] and fleet.published == count
-    assert ingest.wait_for(count, 10)
-    assert len(ingest.messages) == count
-    for topic, payload in ingest.messages:
+    assert observer.wait_for(count, 10)
+    assert len(observer.messages) == count
+    for topic, payload in observer.messages:
         message = parse_vitals(payload)
         assert topics.parse_vitals_topic(topic) == (SITE, message.device_id)
 
 
-def test_a_device_cannot_publish_on_another_devices_topic(auth_broker: Mosquitto, ingest: Collector) -> None:
+def test_a_device_cannot_publish_as_another_device_or_at_another_site(
+    auth_broker: Mosquitto, observer: Collector
+) -> None:
+    """Issue 13: a device published under any site name (``ward-9`` was stored); its site is part of its grant."""
     with MqttPublisher(LOOPBACK, auth_broker.port, "mon-1", "mon-1", auth_broker.users["mon-1"]) as device:
         foreign = topics.vitals(SITE, "mon-2")
+        elsewhere = topics.vitals("ward-9", "mon-1")
         own = topics.vitals(SITE, "mon-1")
         forged_mid = device.publish(foreign, b"forged")
+        moved_mid = device.publish(elsewhere, b"moved")
         device.publish(own, b"genuine")
         assert device.flush(10)
         assert [(r.topic, r.mid, r.code, r.reason) for r in device.refused] == [
-            (foreign, forged_mid, 0x87, "Not authorized")
+            (foreign, forged_mid, 0x87, "Not authorized"), (elsewhere, moved_mid, 0x87, "Not authorized")
         ]
-        assert device.acknowledged == 2 and device.refused_count == 1
-    assert ingest.wait_for(1, 10)
+        assert device.acknowledged == 3 and device.refused_count == 2
+    assert observer.wait_for(1, 10)
     time.sleep(0.2)
-    assert ingest.messages == [(own, b"genuine")]  # the broker processes a connection in order
+    assert observer.messages == [(own, b"genuine")]  # the broker processes a connection in order
 
 
 def test_wrong_password_is_a_clear_connection_error(auth_broker: Mosquitto) -> None:

@@ -12,6 +12,7 @@ from sensors import topics
 from sensors.simulator import Faults, Simulator
 from sensors.vitals import (
     BY_CODE,
+    MAX_PAST_AGE,
     MAX_PAYLOAD_BYTES,
     REJECT_REASONS,
     Observation,
@@ -76,6 +77,7 @@ BAD = {
     "impossible_value": encode(message(observations=[{"code": "59408-5", "value": 104, "unit": "%"}])),
     "naive_timestamp": encode(message(timestamp="2026-11-21T11:59:58")),
     "timestamp_in_future": encode(message(timestamp=(NOW + timedelta(hours=1)).isoformat())),
+    "timestamp_too_old": encode(message(timestamp=(NOW - MAX_PAST_AGE - timedelta(seconds=1)).isoformat())),
     "duplicate_observation": encode(
         message(observations=[{"code": "8867-4", "value": 70, "unit": "/min"}] * 2)
     ),
@@ -93,6 +95,67 @@ def test_each_bad_payload_is_rejected_with_its_reason(reason: str) -> None:
 def test_every_reason_has_a_case() -> None:
     # topic_mismatch needs the topic, so the ingest worker raises it (tested in test_ingest.py).
     assert set(BAD) | {"topic_mismatch"} == set(REJECT_REASONS)
+
+
+def observation(**changes: object) -> list[dict]:
+    return [{"code": "8867-4", "value": 72, "unit": "/min", **changes}]
+
+
+def probe_cases(now: datetime) -> dict[str, tuple[dict, str]]:
+    """Issue 13's probe: payloads that were stored although this contract refuses them, each with its reason."""
+
+    def recent(**changes: object) -> dict:
+        return message(**{"timestamp": (now - timedelta(seconds=2)).isoformat(), **changes})
+
+    return {
+        "timestamp Unix seconds as a JSON number": (recent(timestamp=1), "invalid_field"),
+        "timestamp 0": (recent(timestamp=0), "invalid_field"),
+        "timestamp Unix seconds as a float": (recent(timestamp=now.timestamp()), "invalid_field"),
+        "timestamp digit string": (recent(timestamp="0"), "invalid_field"),
+        "timestamp Unix seconds as a string": (recent(timestamp=str(int(now.timestamp()))), "invalid_field"),
+        "timestamp date only": (recent(timestamp=now.date().isoformat()), "invalid_field"),
+        "timestamp in 1970": (recent(timestamp="1970-01-01T00:00:00Z"), "timestamp_too_old"),
+        "timestamp a year old": (recent(timestamp=(now - timedelta(days=365)).isoformat()), "timestamp_too_old"),
+        "observation time a JSON number": (recent(observations=observation(time=1)), "invalid_field"),
+        "observation time a digit string": (recent(observations=observation(time="0")), "invalid_field"),
+        "observation time in 1970": (recent(observations=observation(time="1970-01-01T00:00:00Z")),
+                                     "timestamp_too_old"),
+        "value a numeric string": (recent(observations=observation(value="72")), "invalid_field"),
+        "value a decimal string": (recent(observations=observation(value="72.5")), "invalid_field"),
+        "value a boolean": (recent(observations=observation(value=True)), "invalid_field"),
+        "schema missing": ({k: v for k, v in recent().items() if k != "schema"}, "missing_field"),
+        "schema null": (recent(schema=None), "invalid_field"),
+        "schema another version": (recent(schema="aegle.vitals/2"), "invalid_field"),
+    }  # fmt: skip
+
+
+PROBE = probe_cases(NOW)
+
+
+@pytest.mark.parametrize("case", sorted(PROBE))
+def test_probe_payloads_are_refused_with_their_reason(case: str) -> None:
+    body, reason = PROBE[case]
+    for parse in (parse_vitals, parse_samples):
+        with pytest.raises(VitalsRejected) as info:
+            parse(encode(body), NOW)
+        assert (info.value.reason, bool(info.value.detail)) == (reason, True), info.value
+
+
+def test_refusals_name_the_field_and_what_is_expected() -> None:
+    details = {case: reference(encode(body), NOW)[1] for case, (body, _) in PROBE.items()}
+    assert details["timestamp 0"] == (
+        "timestamp: must be an ISO 8601 date-time string with a UTC offset, e.g. 2026-11-21T11:59:58.250Z; got 0")
+    assert details["value a numeric string"] == "observations.0.value must be a JSON number, got '72'"
+    assert details["schema missing"] == "schema is required"
+    assert details["timestamp in 1970"].startswith("timestamp is 20778 days, 12:00:00 behind the server")
+    assert details["timestamp in 1970"].endswith("(limit 7 days)")
+
+
+def test_timestamps_up_to_max_past_age_are_accepted() -> None:
+    for at, ok in ((NOW - MAX_PAST_AGE, True), (NOW - MAX_PAST_AGE - timedelta(milliseconds=1), False)):
+        for body in (message(timestamp=at.isoformat()), message(observations=observation(time=at.isoformat()))):
+            got = reference(encode(body), NOW)
+            assert (got[0] if isinstance(got, tuple) else "accepted") == ("accepted" if ok else "timestamp_too_old")
 
 
 OTHER_BAD_OBSERVATIONS = [
@@ -176,6 +239,8 @@ def test_parse_samples_agrees_with_the_model_on_simulated_streams() -> None:
 def test_parse_samples_agrees_with_the_model_on_every_bad_payload() -> None:
     for payload in BAD.values():
         assert not same(payload, NOW)
+    for body, _reason in PROBE.values():
+        assert not same(encode(body), NOW)
     for observations in OTHER_BAD_OBSERVATIONS:
         assert not same(encode(message(observations=observations)), NOW)
 
@@ -191,7 +256,9 @@ def edge_cases() -> list[object]:
                "2026-11-21 11:59:58Z", "2026-11-21T11:59Z", "2026-11-21T11:59:60Z", "2026-11-21T24:00:00Z",
                "2026-13-21T11:59:58Z", "2026-02-30T11:59:58Z", "2026-11-21", "2026-11-21T11:59:58Z\n",
                "２026-11-21T11:59:58Z", "2026-11-21T11:59:58,5Z", "2026-11-21T12:04:59.999999Z",
-               "2026-11-21T12:05:00Z", "2026-11-21T12:05:00.000001Z", 1795000000, None, ""]:
+               "2026-11-21T12:05:00Z", "2026-11-21T12:05:00.000001Z", "2026-11-14T12:00:00Z",
+               "2026-11-14T11:59:59.999999Z", "2026-11-14T13:00:00+01:00", "2026-11-14T12:59:59+01:00", 1795000000,
+               "1795000000", 0, "0", None, ""]:
         cases.append(message(timestamp=ts))
         cases.append(message(observations=[{"code": "8310-5", "value": 37.0, "unit": "Cel", "time": ts}]))
     for field in ("message_id", "site", "device_id", "patient_id"):
