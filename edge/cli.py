@@ -8,10 +8,10 @@ and the flags override them.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from server.logsafety import configure_logging
 from server.settings import EdgeSettings
 
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     try:
         node = EdgeNode(settings_from(args, settings.edge), settings.mqtt)
     except ValueError as exc:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge.cli import add_arguments as add_edge_arguments
+from server.logsafety import configure_logging
 from server.settings import Settings
 
 
@@ -279,10 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aegle`` console script."""
     args = build_parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=(args.log_level or settings.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level or settings.log_level)
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     return func(settings, args)
 

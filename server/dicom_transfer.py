@@ -62,6 +62,7 @@ from sensors.dicom_transfer import (
     verify_chunk,
 )
 from sensors.vitals import dumps_compact
+from server.logsafety import configure_logging
 from server.mqttsession import PersistentSubscriber, broker_confirmed
 from server.settings import MqttSettings, TransferSettings
 
@@ -427,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--incomplete-timeout", type=float, default=defaults.incomplete_timeout_s)
     parser.add_argument("--max-instance-bytes", type=int, default=defaults.max_instance_bytes)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     transfer = defaults.model_copy(update={
         "worker_id": args.worker_id, "site": args.site, "staging_path": args.staging,
         "incomplete_timeout_s": args.incomplete_timeout, "max_instance_bytes": args.max_instance_bytes,

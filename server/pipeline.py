@@ -23,11 +23,13 @@ from pydicom.dataset import Dataset
 
 from sensors import topics
 from server.dicom import (
+    DicomEncodingError,
     DicomInputError,
     ModelImage,
     acquisition_time,
     context_summary,
     derived_series,
+    encode,
     from_model_space,
     is_aegle_output,
     read_instance,
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from sensors.context import SensorContext
     from server.inference import EnhanceOutput
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aegle.pipeline")
 
 EnhanceFn = Callable[[np.ndarray, "np.ndarray | None"], "EnhanceOutput"]
 TriageFn = Callable[[Sequence[np.ndarray]], "Sequence[TriageResult]"]
@@ -354,45 +356,83 @@ class StudyPipeline:
                 result.failures.append(Failure(item.uid, "map-back-failed", _detail(exc)))
         return enhanced
 
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (0-based): backoff_s · 2^attempt, capped."""
+        return min(self.backoff_s * 2**attempt, self.backoff_max_s)
+
     def _retry(self, call: Callable[[], Any], transient: Callable[[BaseException], bool]) -> Any:
-        """``call()`` with up to ``store_attempts`` tries; waits backoff_s · 2^k (capped) after transient errors."""
+        """``call()`` with up to ``store_attempts`` tries; waits :meth:`_backoff` after transient errors."""
         for attempt in range(self.store_attempts):
             try:
                 return call()
             except Exception as exc:
                 if not transient(exc) or attempt == self.store_attempts - 1:
                     raise
-                self.sleep(min(self.backoff_s * 2**attempt, self.backoff_max_s))
+                self.sleep(self._backoff(attempt))
         raise AssertionError("unreachable")
 
     def _store(self, result: SeriesResult) -> None:
-        def attempt(datasets: Sequence[Dataset]) -> None:
-            result.store_attempts += 1
-            self.store.store(datasets)
-
-        def transient(exc: BaseException) -> bool:
-            return bool(getattr(exc, "transient", False))
-
-        try:
-            self._retry(lambda: attempt(result.derived), transient)
-            result.stored = True
-            return
-        except Exception as exc:
-            if transient(exc) or len(result.derived) == 1:
-                reason = "pacs-unavailable" if transient(exc) else "pacs-rejected"
-                for ds in result.derived:
-                    result.failures.append(Failure(_source_uid(ds), reason, _detail(exc), transient(exc)))
-                result.derived = []
-                return
-        kept = []  # the PACS refused the batch: store one by one so one bad object does not sink the series
+        """Store the derived series: what cannot be encoded fails before the PACS is contacted, the rest goes in
+        one request (see :meth:`_store_batch`); only a batch refused as a whole is split into one request each."""
+        batch = []
         for ds in result.derived:
             try:
-                self._retry(lambda ds=ds: attempt([ds]), transient)
-                kept.append(ds)
-            except Exception as exc:
-                reason = "pacs-unavailable" if transient(exc) else "pacs-rejected"
-                result.failures.append(Failure(_source_uid(ds), reason, _detail(exc), transient(exc)))
+                encode(ds)
+                batch.append(ds)
+            except DicomEncodingError as exc:
+                result.failures.append(Failure(_source_uid(ds), "encoding-failed", _detail(exc)))
+        kept, refused = self._store_batch(batch, result) if batch else ([], [])
+        for ds in refused:  # the PACS refused the batch without naming the culprit: one bad object must not sink all
+            kept += self._store_batch([ds], result)[0]
         result.derived, result.stored = kept, bool(kept)
+
+    def _store_batch(self, batch: list[Dataset], result: SeriesResult) -> tuple[list[Dataset], list[Dataset]]:
+        """Store ``batch`` in one request, retried with backoff; returns ``(stored, refused as a whole)``.
+
+        A :class:`~server.pacs.PacsError` that names instances (a STOW-RS partial answer) is honoured: the
+        acknowledged ones are stored and never sent again, the ones refused with a permanent reason fail at once
+        (``pacs-rejected``), and only the rest (out of resources, or not acknowledged) is retried. A permanent
+        error that names none refuses the batch as a whole: returned for one-by-one storing when the batch holds
+        several instances, a failure otherwise. Whatever is still unstored after the last attempt fails, retryable:
+        ``pacs-not-acknowledged`` when the PACS answered without a word about it (full storage, a policy that drops
+        it silently), ``pacs-unavailable`` otherwise.
+        """
+        stored: list[Dataset] = []
+        for attempt in range(self.store_attempts):
+            if attempt:
+                self.sleep(self._backoff(attempt - 1))
+            result.store_attempts += 1
+            try:
+                self.store.store(batch)
+                return stored + batch, []
+            except Exception as exc:
+                error = exc
+            acknowledged: set[str] = getattr(error, "stored", set())
+            refused: dict[str, int] = getattr(error, "refused", {})
+            if not getattr(error, "transient", False) and not acknowledged and not refused:
+                if len(batch) > 1:
+                    return stored, batch
+                self._fail(batch, "pacs-rejected", _detail(error), result)
+                return stored, []
+            stored += [ds for ds in batch if str(ds.SOPInstanceUID) in acknowledged]
+            for ds in batch:
+                if str(ds.SOPInstanceUID) in refused:
+                    code = refused[str(ds.SOPInstanceUID)]
+                    self._fail([ds], "pacs-rejected", f"the PACS refused it: DICOM failure reason 0x{code:04X}", result)
+            batch = [ds for ds in batch if str(ds.SOPInstanceUID) not in acknowledged | refused.keys()]
+            if not batch:
+                return stored, []
+        silent: set[str] = getattr(error, "unacknowledged", set())
+        for ds in batch:
+            reason = "pacs-not-acknowledged" if str(ds.SOPInstanceUID) in silent else "pacs-unavailable"
+            self._fail([ds], reason, _detail(error), result, retryable=True)
+        return stored, []
+
+    @staticmethod
+    def _fail(datasets: Sequence[Dataset], reason: str, detail: str, result: SeriesResult,
+              retryable: bool = False) -> None:
+        """Record that the sources of ``datasets`` were not stored."""
+        result.failures += [Failure(_source_uid(ds), reason, detail, retryable) for ds in datasets]
 
     def _publish(self, result: SeriesResult) -> None:
         if self.results is None or result.study_uid is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pydicom.dataset import Dataset
 from server.dicom import (
     bicubic,
     derived_series,
+    encode,
     from_model_space,
     is_aegle_output,
     read_instance,
@@ -172,3 +174,99 @@ def test_derived_series_refuses_mismatched_input() -> None:
     with pytest.raises(ValueError, match="one series"):
         derived_series([ct, mr], enhance_all([ct, mr]), scale=2, model_name="m", model_version="1", context=None,
                        description="d")
+
+
+def test_trailing_zero_bytes_do_not_sink_a_real_mr_slice() -> None:
+    # Zero bytes after the pixel data read as a (0000,0000) element: command group, not part of a data set.
+    source = read_instance(MR700[0].read_bytes() + bytes(16), max_pixels=4096 * 4096)
+    assert (0x0000, 0x0000) in source
+    also = read(pydicom_file("CT_small.dcm"))
+    also.add_new(0x00000000, "UL", 0)  # the minimal repro: any source instance with (0000,0000) UL 0
+    also.add_new(0x00020003, "UI", also.SOPInstanceUID)  # file meta inside the data set: not copied either
+    for ds in (source, also):
+        (derived,) = derive([ds])
+        assert not [e.tag for e in derived if e.tag.group < 0x0008]
+        assert pydicom.dcmread(io.BytesIO(encode(derived))).SOPInstanceUID == derived.SOPInstanceUID
+
+
+def test_retired_geometry_is_not_copied_to_disagree_with_the_new_grid(tmp_path: Path) -> None:
+    source = read(MR700[0])
+    # ACR-NEMA style retired geometry, as converted archives carry it next to the current attributes
+    source.ImagePosition = source.ImagePositionPatient
+    source.ImageOrientation = source.ImageOrientationPatient
+    source.Location = source.SliceLocation
+    source.ImageDimensions = 2
+    (derived,) = derive([source])
+    assert [float(v) for v in derived.ImagePositionPatient] != [float(v) for v in source.ImagePositionPatient]
+    for keyword in ("ImagePosition", "ImageOrientation", "Location", "ImageDimensions"):
+        assert keyword not in derived, keyword
+    assert derived.SliceLocation == source.SliceLocation  # current attributes are kept
+    inherited = [e for e in dciodvfy(MR700[0])[0] if e.startswith("Error - StudyInstanceUID has same value")]
+    assert_dciodvfy_clean([derived], tmp_path, inherited=inherited)
+
+
+def test_ultrasound_regions_describe_the_new_grid(tmp_path: Path) -> None:
+    source = read(pydicom_file("examples_ybr_color.dcm"))  # real US, 30 YBR frames, one calibrated region
+    region = source.SequenceOfUltrasoundRegions[0]
+    region.ReferencePixelX0, region.ReferencePixelPhysicalValueX = 100, 1.5  # a reference point, to check it too
+    (derived,) = derive([source])
+    out = derived.SequenceOfUltrasoundRegions[0]
+    assert (out.RegionLocationMinX0, out.RegionLocationMaxX1) == (2 * 84, 2 * 595 + 1)
+    assert (out.RegionLocationMinY0, out.RegionLocationMaxY1) == (2 * 31, 2 * 414 + 1)
+    assert out.PhysicalDeltaX == pytest.approx(region.PhysicalDeltaX / 2)
+
+    def physical_x(item: Dataset, column: float) -> float:  # column: absolute, in that image's pixels
+        x0 = item.RegionLocationMinX0 + item.ReferencePixelX0
+        return item.ReferencePixelPhysicalValueX + (column - x0) * item.PhysicalDeltaX
+
+    for column in (0, 57, 300):  # output pixel centre ↔ source position, align_corners=False
+        assert physical_x(out, column) == pytest.approx(physical_x(region, (column + 0.5) / 2 - 0.5))
+
+
+def test_big_endian_and_enhanced_sources_give_clean_derived_objects(tmp_path: Path) -> None:
+    big_endian = read(pydicom_file("MR_small_bigendian.dcm"))
+    (derived,) = derive([big_endian])
+    assert_dciodvfy_clean([derived], tmp_path)  # written as a plain Explicit VR Little Endian file
+    np.testing.assert_array_equal(derived.pixel_array, derive([read(pydicom_file("MR_small.dcm"))])[0].pixel_array)
+
+    path = pydicom_data_file("eCT_Supplemental.dcm")  # Enhanced CT: laterality is per frame (Frame Anatomy)
+    (derived,) = derive([read(path)])
+    assert "Laterality" not in derived
+    assert_dciodvfy_clean([derived], tmp_path, inherited=dciodvfy(path)[0])
+
+
+# ------------------------------------------------------------------------------- the dciodvfy wrapper itself
+
+
+def test_dciodvfy_counts_every_error_form_it_prints(tmp_path: Path) -> None:
+    import random
+
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(random.Random(13).randbytes(2000))
+    errors, _ = dciodvfy(garbage)
+    assert "Error - Information Object Not found" in errors
+
+    text = tmp_path / "text.dcm"
+    text.write_bytes(b"hello world, not dicom at all\n")
+    errors, _ = dciodvfy(text)  # a tag-prefixed error: "(0x6568,0x6c6c)  ?  - Error - Bad Value Length - …"
+    assert any(e.startswith("(0x6568,0x6c6c)") and " - Error - Bad Value Length" in e for e in errors), errors
+
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(pydicom_file("CT_small.dcm").read_bytes()[:30000])  # cut inside the pixel data
+    errors, _ = dciodvfy(truncated)
+    assert "Error - Seek failed - while reading unencapsulated Pixel Data" in errors
+    assert "Error - Dicom dataset read failed" in errors
+
+    errors, _ = dciodvfy(tmp_path / "missing.dcm")
+    assert [e for e in errors if e.startswith("Abort - File open for read failed")], errors
+
+
+def test_dciodvfy_tag_prefixed_errors_and_crashes_are_not_clean() -> None:
+    # A real CT whose only error is tag-prefixed, and dciodvfy exits 0 for it: exit status alone is not enough.
+    errors, warnings = dciodvfy(pydicom_file("dicomdirtests/77654033/CT2/17136"))
+    assert errors == ["(0x3109,0x000d) LO PrivateCreator  - Error - Bad private owner value - element must be "
+                      "greater than or equal to 0x0010"]
+    assert "(0x3109,0x000d) LO PrivateCreator  - Warning - Bad private owner value - empty value" in warnings
+    # A real 32-bit RT dose makes dciodvfy fail an assertion before it prints a single message.
+    errors, _ = dciodvfy(pydicom_file("rtdose.dcm"))
+    assert errors == ["Abort - dciodvfy was killed by signal 6"]

@@ -243,3 +243,50 @@ def test_acquisition_time_uses_the_header_offset_or_the_default_zone() -> None:
     mr = read(pydicom_file("dicomdirtests/98892003/MR700/4467"))  # no acquisition time: ContentDate/Time
     assert acquisition_time(mr, plus_two) == datetime(2003, 5, 5, 5, 6, 56, tzinfo=UTC)
     assert acquisition_time(read(MR), UTC) is None  # every date is empty
+
+
+# ------------------------------------------------------------------------- values the modality cannot produce
+
+
+def test_mr_output_stays_non_negative_with_the_shipped_model_and_with_bicubic_overshoot() -> None:
+    import torch
+
+    from gan.registry import load_model
+
+    torch.set_num_threads(1)
+    model, _ = load_model(None, "enhancer-x2")  # the shipped weights
+    slices = [read(p) for p in sorted(pydicom_file("dicomdirtests/98892003/MR700").iterdir())]
+    zero_background = [ds for ds in slices if ds.pixel_array.min() == 0]
+    assert len(zero_background) == 2 and all(ds.PixelRepresentation == 1 for ds in slices)  # signed, yet ≥ 0
+    for ds in zero_background:
+        image = to_model_space(ds)
+        assert image.mapping.floor == 0.0
+        raw = np.rint(bicubic(ds.pixel_array[None].astype(np.float64), 2)[0])
+        assert raw.min() < 0  # bicubic alone overshoots below the black background
+        stored = from_model_space(identity_output(image), image, scale=2)
+        np.testing.assert_array_equal(stored, np.maximum(raw, 0))  # only the overshoot is clipped
+        with torch.inference_mode():
+            output = model(torch.from_numpy(image.frames.astype(np.float32))[:, None], None)[:, 0].numpy()
+        enhanced = from_model_space(unplanes(output, image.mapping), image, scale=2)
+        assert enhanced.min() == 0 and (enhanced == 0).sum() > 0  # the model's negative overshoot stops at 0
+
+
+def test_ct_output_keeps_hounsfield_units_above_air_and_keeps_padding() -> None:
+    ds = read(CT)  # stored 128…2191 → −896…1167 HU
+    image = to_model_space(ds)
+    assert image.mapping.floor == -1024.0  # air is −1000 HU; the source itself goes no lower than −896
+    hu = bicubic(image.values, 2)[0]
+    darker = from_model_space(identity_output(image) - 1.0, image, scale=2)  # −1 window = −400 HU everywhere
+    darker_hu = darker * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert darker_hu.min() == -1024  # clipped at the floor, in stored values with the source's rescale
+    kept = hu - 400 > -1024
+    np.testing.assert_allclose(darker_hu[kept], np.rint(hu[kept] - 400), atol=1)  # HU keep their meaning
+
+    padded = read(pydicom_data_file("693_UNCR.dcm"))  # −3024 HU outside the reconstruction circle
+    image = to_model_space(padded)
+    assert image.values.min() == -3024 and image.mapping.floor == -3024
+    stored = from_model_space(identity_output(image), image, scale=2)
+    out_hu = stored * float(padded.RescaleSlope) + float(padded.RescaleIntercept)
+    assert out_hu.min() == -3024 and (out_hu == -3024).mean() > 0.1  # padding stays padding, not air
+    lo, hi = image.mapping.stored_range
+    assert lo <= stored.min() and stored.max() <= hi

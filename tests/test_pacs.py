@@ -54,7 +54,7 @@ def pacs(orthanc: Orthanc) -> Iterator[DicomWebStore]:
 
 def test_stow_then_qido_finds_and_wado_returns_identical_pixels(pacs: DicomWebStore) -> None:
     mr, ct = real_series(MR, instances=2), real_series(CT)
-    pacs.store(mr + ct)
+    pacs.store(mr + ct)  # two series of two studies in one request
     pacs.store(mr[:1])  # storing again (a retry after a lost answer) is not an error
     for sent in (mr, ct):
         study, series = sent[0].StudyInstanceUID, sent[0].SeriesInstanceUID
@@ -76,9 +76,24 @@ def test_instances_the_pacs_rejects_raise_a_permanent_error(pacs: DicomWebStore)
         pacs.store(good + bad)
     assert not caught.value.transient and caught.value.status == 400
     assert caught.value.failed == {bad[0].SOPInstanceUID: 0xC000}  # "cannot understand"
+    assert caught.value.refused == caught.value.failed
+    assert caught.value.stored == {good[0].SOPInstanceUID} and caught.value.unacknowledged == set()
     assert "1 of 2 instances not stored" in str(caught.value)
     # The good one was stored: retrying only what failed is possible.
     assert pacs.search_series(good[0].StudyInstanceUID)
+
+
+def test_an_instance_of_another_study_is_refused_by_name_and_the_rest_stored(pacs: DicomWebStore) -> None:
+    series, misfiled = real_series(CT, instances=3), real_series(CT)[0]
+    misfiled.SeriesInstanceUID = series[0].SeriesInstanceUID  # same series, another study
+    with pytest.raises(PacsError) as caught:
+        pacs.store([*series[:2], misfiled, series[2]])  # one series: the request names its first instance's study
+    assert (caught.value.status, caught.value.transient) == (409, False)
+    assert caught.value.failed == {misfiled.SOPInstanceUID: 0x0110}  # processing failure
+    assert caught.value.stored == {ds.SOPInstanceUID for ds in series}  # also the one after the refused one
+    got = pacs.retrieve_series(series[0].StudyInstanceUID, series[0].SeriesInstanceUID)
+    assert {ds.SOPInstanceUID for ds in got} == {ds.SOPInstanceUID for ds in series}
+    assert pacs.search_series(misfiled.StudyInstanceUID) == []
 
 
 def test_unknown_series_and_wrong_password_are_permanent(orthanc: Orthanc, pacs: DicomWebStore) -> None:

@@ -1,5 +1,6 @@
 """The study pipeline end to end on real DICOM: real SQLite vitals store, real enhancer/triage architectures
-(random-init weights: plumbing only), a real directory-backed PACS store, a real Mosquitto for result events."""
+(random-init weights: plumbing only), a directory-backed store that fails on demand (outages, whole-batch refusals)
+and a real Orthanc (partial STOW-RS answers), a real Mosquitto for result events."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pydicom.dataset import Dataset
 from sensors.context import context_at
 from sensors.vitals import Sample, to_ms
 from server.dicom.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.localservices import Mosquitto
-from server.pacs import PacsError
-from server.pipeline import MqttResultPublisher, StudyPipeline, TriageFn
+from server.localservices import Mosquitto, Orthanc
+from server.pacs import DicomWebStore, PacsError
+from server.pipeline import MqttResultPublisher, PacsStore, StudyPipeline, TriageFn
 from server.store.sqlite import SQLiteStore
 from tests.dicom_support import assert_dciodvfy_clean, dciodvfy, pydicom_file, random_enhancer
 from tests.support import V2, Collector, wait_for
@@ -109,7 +110,7 @@ def write_vitals(store: SQLiteStore, patient_id: str, start: datetime, end: date
 
 
 def make_pipeline(
-    store: DirectoryStore, vitals: SQLiteStore, publisher: MqttResultPublisher | None = None, **kwargs: Any
+    store: PacsStore, vitals: SQLiteStore, publisher: MqttResultPublisher | None = None, **kwargs: Any
 ) -> tuple[StudyPipeline, list[float]]:
     sleeps: list[float] = []
     pipeline = StudyPipeline(
@@ -260,3 +261,56 @@ def test_vitals_store_down_means_enhanced_without_context_and_a_warning(tmp_path
     assert [(w.reason, w.retryable) for w in result.warnings] == [("context-unavailable", True)]
     assert sleeps == [0.5]  # the lookup was retried once before giving up
     assert "no sensor context" in pydicom.dcmread(store.files()[0]).DerivationDescription
+
+
+def test_trailing_zero_bytes_and_an_unencodable_instance_never_reach_the_pacs_as_a_batch_problem(
+    tmp_path: Path, vitals: SQLiteStore
+) -> None:
+    instances: list[Dataset | bytes] = [path.read_bytes() for path in MR700]
+    instances[1] += bytes(16)  # a real slice with zero bytes after its pixel data: (0000,0000) in the data set
+    store = DirectoryStore(tmp_path / "pacs")
+    pipeline, _ = make_pipeline(store, vitals)
+    result = pipeline.process_series(instances)
+    assert result.status == "ok" and len(store.files()) == 7 and store.calls == 1
+
+    # A caller's dataset holding a value its VR cannot encode (US > 65535) fails as what it is, before the PACS
+    # is contacted; the other six still go in one request.
+    sources = [pydicom.dcmread(path) for path in MR700]
+    with pytest.warns(UserWarning, match="AcquisitionMatrix|US"):
+        sources[4].AcquisitionMatrix = [0, 70000, 70000, 0]
+    store = DirectoryStore(tmp_path / "pacs2")
+    pipeline, sleeps = make_pipeline(store, vitals)
+    result = pipeline.process_series(sources)
+    assert [(f.reason, f.sop_instance_uid, f.retryable) for f in result.failures] == [
+        ("encoding-failed", sources[4].SOPInstanceUID, False)]
+    assert "(0018,1310)" in result.failures[0].detail and "70000" not in result.failures[0].detail
+    assert store.calls == 1 and result.store_attempts == 1 and sleeps == [] and len(store.files()) == 6
+
+
+def test_real_orthanc_refusing_one_instance_of_a_series_stores_the_others_once(
+    orthanc: Orthanc, vitals: SQLiteStore
+) -> None:
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()  # a study of its own in the shared PACS
+    sources = [pydicom.dcmread(path) for path in MR700]
+    for ds in sources:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    misfiled = sources[3]
+    misfiled.StudyInstanceUID = pydicom.uid.generate_uid()  # same series, another study: Orthanc refuses it by name
+    with DicomWebStore(orthanc.dicomweb_url, *orthanc.auth) as pacs:
+        pipeline, sleeps = make_pipeline(pacs, vitals)
+        result = pipeline.process_series(sources)
+        assert result.status == "partial" and result.stored
+        [failure] = result.failures
+        assert (failure.sop_instance_uid, failure.reason, failure.retryable) == (
+            misfiled.SOPInstanceUID, "pacs-rejected", False)
+        assert "0x0110" in failure.detail
+        # one STOW-RS request: the six Orthanc acknowledged are not sent again, nothing is sent one by one
+        assert result.store_attempts == 1 and sleeps == []
+        stored = pacs.retrieve_series(study, result.derived_series_uid)
+        assert sorted(str(ds.SOPInstanceUID) for ds in stored) == sorted(str(ds.SOPInstanceUID)
+                                                                          for ds in result.derived)
+        assert len(stored) == 6 and misfiled.SOPInstanceUID not in {
+            str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in stored}
+        assert pacs.search_series(str(misfiled.StudyInstanceUID)) == []  # not filed anywhere
+    event = result.to_event()
+    assert event["counts"] == {"received": 7, "enhanced": 6, "failed": 1, "skipped": 0}

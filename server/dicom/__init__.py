@@ -5,11 +5,19 @@ See docs/dicom.md for what is read, how pixels are mapped, and every attribute t
 
 from __future__ import annotations
 
-from server.dicom.derived import acquisition_time, context_summary, derived_series, is_aegle_output
+from server.dicom.derived import (
+    DicomEncodingError,
+    acquisition_time,
+    context_summary,
+    derived_series,
+    encode,
+    is_aegle_output,
+)
 from server.dicom.pixels import ModelImage, PixelMapping, bicubic, from_model_space, to_model_space
 from server.dicom.reading import DicomInputError, read_instance, supported_syntaxes
 
 __all__ = [
+    "DicomEncodingError",
     "DicomInputError",
     "ModelImage",
     "PixelMapping",
@@ -17,6 +25,7 @@ __all__ = [
     "bicubic",
     "context_summary",
     "derived_series",
+    "encode",
     "from_model_space",
     "is_aegle_output",
     "read_instance",

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
 from pydicom import uid
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.valuerep import DA, DT, TM
 
 from gan.data import lossy_syntaxes
@@ -42,9 +47,75 @@ _CODE_SOURCE_IMAGE = ("121322", "DCM", "Source image for image processing operat
 _CODE_PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 _SHORT = {"heart_rate": "HR", "spo2": "SpO2", "temperature": "T", "respiratory_rate": "RR",
           "systolic_bp": "SBP", "diastolic_bp": "DBP", "motion": "motion"}
-# Attributes that describe the source's encoding or pixels and are wrong for the new matrix.
+# Attributes that describe the source's encoding or pixels and are wrong for the new matrix; signatures that sign
+# the source's content.
 _DROP = ("IconImageSequence", "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
-         "LargestPixelValueInSeries", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding")
+         "LargestPixelValueInSeries", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "DataSetTrailingPadding",
+         "DigitalSignaturesSequence", "MACParametersSequence")
+# Attributes this builder writes itself: removed from the copy first, so each is written with its dictionary VR
+# (a corrupt source may carry one with another VR, which the new value cannot be encoded in).
+_REWRITTEN = ("SOPInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime",
+              "InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "ImageType",
+              "DerivationDescription", "DerivationCodeSequence", "SourceImageSequence", "ReferencedSeriesSequence",
+              "ContributingEquipmentSequence", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+              "PlanarConfiguration", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames")
+# Retired pixel-geometry attributes outside groups 0020/0028 (whose retired attributes are all dropped): the
+# ACR-NEMA image transformation and ultrasound pixel positions.
+_RETIRED_GEOMETRY = ("ImageTransformationMatrix", "ImageTranslationVector", "DopplerSampleVolumeXPositionRetired",
+                     "DopplerSampleVolumeYPositionRetired", "TMLinePositionX0Retired", "TMLinePositionY0Retired",
+                     "TMLinePositionX1Retired", "TMLinePositionY1Retired")
+_PIXEL_DATA = BaseTag(0x7FE00010)
+_ELEMENT_IN_MESSAGE = re.compile(r"(\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\))")
+
+
+class DicomEncodingError(ValueError):
+    """A dataset pydicom cannot write as a DICOM Part 10 file."""
+
+
+def encode(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file (its file meta information is used as is); :class:`DicomEncodingError`
+    when it cannot be written. The message names the element when pydicom does, never its value (it may be
+    patient data, and the message goes into result events)."""
+    buffer = BytesIO()
+    try:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    except Exception as exc:  # pydicom raises many types for values it cannot encode
+        found = _ELEMENT_IN_MESSAGE.search(str(exc))
+        where = f" in element {found.group(1)}" if found else ""
+        raise DicomEncodingError(f"cannot encode the instance as a DICOM file: {type(exc).__name__}{where}") from exc
+    return buffer.getvalue()
+
+
+def _set(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set ``keyword`` with its dictionary VR (the copy of a corrupt source may hold it with another VR)."""
+    if keyword in ds:
+        del ds[keyword]
+    setattr(ds, keyword, value)
+
+
+def _not_in_a_data_set(tag: BaseTag) -> bool:
+    """Command (0000), file meta (0002), directory (0004) and the other groups below 0008, item delimiters: never
+    part of an image data set (trailing zero bytes after the pixel data read as (0000,0000), for one)."""
+    return tag.group < 0x0008 or tag.group in (0xFFFE, 0xFFFF)
+
+
+def _remove(ds: Dataset, unwanted: Callable[[BaseTag], bool]) -> None:
+    """Delete the elements whose tag satisfies ``unwanted``, at every depth of ``ds``."""
+    for element in list(ds):
+        if unwanted(element.tag):
+            del ds[element.tag]
+        elif element.VR == "SQ":
+            for item in element.value:
+                _remove(item, unwanted)
+
+
+def _retired_geometry(tag: BaseTag) -> bool:
+    """Retired attributes of the image plane and pixel groups (ImagePosition, ImageOrientation, Location,
+    ImageDimensions, …) and the other retired pixel-geometry ones: they describe the source matrix."""
+    entry = DicomDictionary.get(tag)
+    if entry is None or not entry[3]:  # (VR, VM, name, retired, keyword)
+        return False
+    return tag.group in (0x0020, 0x0028) or entry[4] in _RETIRED_GEOMETRY
 
 
 def _code(value: tuple[str, str, str]) -> Dataset:
@@ -95,7 +166,7 @@ def _rescale_spacing(item: Dataset, scale: int) -> None:
             if spacing is None:
                 del item[keyword]  # zero/empty spacing means "unknown" (e.g. RG1); halving it would still lie
             else:
-                setattr(item, keyword, spacing)
+                _set(item, keyword, spacing)
 
 
 def _shift_position(position: Any, orientation: Any, spacing: Any, scale: int) -> list[str] | None:
@@ -127,7 +198,7 @@ def _update_geometry(ds: Dataset, scale: int) -> None:
     if source_spacing is not None and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
         moved = _shift_position(ds.ImagePositionPatient, ds.ImageOrientationPatient, source_spacing, scale)
         if moved is not None:
-            ds.ImagePositionPatient = moved
+            _set(ds, "ImagePositionPatient", moved)
     measures = _functional_items(ds, "PixelMeasuresSequence")
     orientation = next((i.ImageOrientationPatient for i in _functional_items(ds, "PlaneOrientationSequence")
                         if "ImageOrientationPatient" in i), None)
@@ -136,10 +207,32 @@ def _update_geometry(ds: Dataset, scale: int) -> None:
         for item in _functional_items(ds, "PlanePositionSequence"):
             moved = _shift_position(item.get("ImagePositionPatient"), orientation, spacing, scale)
             if moved is not None:
-                item.ImagePositionPatient = moved
+                _set(item, "ImagePositionPatient", moved)
     _rescale_spacing(ds, scale)
     for item in measures:
         _rescale_spacing(item, scale)
+    for region in ds.get("SequenceOfUltrasoundRegions", []):
+        _rescale_region(region, scale)
+
+
+def _rescale_region(region: Dataset, scale: int) -> None:
+    """An ultrasound region on the ×``scale`` grid: source pixel x covers output pixels scale·x … scale·x + scale − 1,
+    so the bounds scale with that, a pixel's physical size shrinks, and the reference pixel stays on the grid (its
+    physical value moved by the half-pixel shift of ``align_corners=False``). Non-numeric values are left alone."""
+
+    def change(keyword: str, factor: float, add: float = 0.0) -> None:
+        value = region.get(keyword)
+        if isinstance(value, (int, float)):
+            region[keyword].value = type(value)(value * factor + add)
+
+    for axis in ("X", "Y"):
+        delta = region.get(f"PhysicalDelta{axis}")
+        change(f"RegionLocationMin{axis}0", scale)
+        change(f"RegionLocationMax{axis}1", scale, scale - 1)
+        change(f"PhysicalDelta{axis}", 1 / scale)
+        if isinstance(delta, float) and isinstance(region.get(f"ReferencePixel{axis}0"), int):
+            change(f"ReferencePixel{axis}0", scale)
+            change(f"ReferencePixelPhysicalValue{axis}", 1, -(scale - 1) / 2 * delta / scale)
 
 
 def _derived_image_type(value: Any, enhanced: bool) -> list[str]:
@@ -186,14 +279,16 @@ def _equipment(model_name: str, model_version: str, description: str, when: tupl
 
 def _fix_laterality(ds: Dataset) -> None:
     """Series Laterality (Type 2C) of the new series: empty when the body part is unknown (it may be paired);
-    an empty value is dropped when the body part is named (an unpaired part must not carry it)."""
-    if "ImageLaterality" in ds or (ds.get("Laterality") not in (None, "")):
+    an empty value is dropped when the body part is named (an unpaired part must not carry it). Left alone when
+    the images say it themselves (ImageLaterality, or FrameLaterality in the Frame Anatomy functional group)."""
+    frame_laterality = any("FrameLaterality" in item for item in _functional_items(ds, "FrameAnatomySequence"))
+    if "ImageLaterality" in ds or frame_laterality or ds.get("Laterality") not in (None, ""):
         return
     if ds.get("BodyPartExamined"):
         if "Laterality" in ds:
             del ds.Laterality
     else:
-        ds.Laterality = ""
+        _set(ds, "Laterality", "")
 
 
 def _series_number(source: Dataset) -> int:
@@ -237,10 +332,13 @@ def derived_series(
     lossy = lossy_syntaxes()
     out = []
     for source, pixels in zip(sources, enhanced, strict=True):
-        ds = copy.deepcopy(source)
-        for keyword in (*_DROP, "PixelData"):
+        # A plain Dataset: nothing of the source file (its encoding, its pixel cache) carries over, nor its pixel
+        # data (written anew below).
+        ds = Dataset({e.tag: copy.deepcopy(e) for e in source if e.tag != _PIXEL_DATA})
+        for keyword in (*_DROP, *_REWRITTEN):
             if keyword in ds:
                 del ds[keyword]
+        _remove(ds, lambda tag: _not_in_a_data_set(tag) or _retired_geometry(tag))
         for tag in [e.tag for e in ds if 0x6000 <= e.tag.group <= 0x60FF and e.tag.group % 2 == 0]:
             del ds[tag]  # overlays are drawn on the source matrix
         sop_uid = uid.generate_uid()
@@ -277,7 +375,7 @@ def derived_series(
             [*copy.deepcopy(equipment), _equipment(model_name, model_version, description, when)]
         )
         if source.file_meta.TransferSyntaxUID in lossy:
-            ds.LossyImageCompression = "01"  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
+            _set(ds, "LossyImageCompression", "01")  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
         _update_geometry(ds, scale)
         photometric = "RGB" if int(source.SamplesPerPixel) == 3 else str(source.PhotometricInterpretation)
         ds.set_pixel_data(np.ascontiguousarray(pixels), photometric, int(source.BitsStored),

@@ -15,9 +15,11 @@ Forward (:func:`to_model_space`):
 
 Backward (:func:`from_model_space`): the model's *correction* (its output minus the bicubic upsampling of its
 clipped input, in model units) is divided by ``gain`` and added to the bicubic upsampling of the *unclipped*
-modality values. Values outside the window therefore survive (bone and air in a soft-tissue window keep their HU),
-then go back to stored values with the source's slope/intercept and photometric interpretation, clipped only to
-what BitsStored/PixelRepresentation can represent.
+modality values. Values outside the window therefore survive (bone and air in a soft-tissue window keep their HU).
+Bicubic and the enhancer overshoot at edges, so the result is then clipped to what the modality can produce: not
+below ``PixelMapping.floor`` (the physical floor, 0 for grey images not in HU and −1024 HU for CT, or the source's own
+minimum when that is lower, e.g. CT padding or MR phase), and, back in stored values (source slope/intercept and
+photometric interpretation), to what BitsStored/PixelRepresentation can represent.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from pydicom.multival import MultiValue
 
 from gan.bicubic import bicubic  # re-exported by server.dicom
 from gan.data import SOFT_TISSUE_WINDOW
+
+#: Lowest Hounsfield unit a CT can produce: air is −1000 HU (lower values in a source, e.g. −3024 padding outside
+#: the reconstruction circle, lower the floor to the source's own minimum).
+HU_FLOOR = -1024.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class PixelMapping:
     bits_stored: int
     signed: bool
     multi_frame: bool
+    floor: float  # lowest modality value the output may hold (see the module docstring)
 
     @property
     def stored_range(self) -> tuple[int, int]:
@@ -114,14 +121,22 @@ def _item_value(ds: Dataset, sequence: str, keyword: str, frame: int | None) -> 
 
 
 def _first_number(value: object) -> float | None:
+    """The (first) value as a finite float; None when absent or empty; ValueError/TypeError when not a number."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple, MultiValue)):
-        value = value[0]
-    return float(value)  # type: ignore[arg-type]
+    number = float(value)  # type: ignore[arg-type]
+    if not np.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
 
 
-def _rescale(ds: Dataset, frames: int) -> tuple[np.ndarray, np.ndarray]:
+def rescale(ds: Dataset, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame RescaleSlope and RescaleIntercept (top level or functional groups; a missing or zero slope is 1).
+
+    Raises ValueError or TypeError when a value is not a finite number.
+    """
     slopes, intercepts = [], []
     for frame in range(frames):
         slope = _first_number(_item_value(ds, "PixelValueTransformationSequence", "RescaleSlope", frame))
@@ -132,9 +147,13 @@ def _rescale(ds: Dataset, frames: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ct_window(ds: Dataset) -> tuple[float, float]:
-    """The CT window (center, width) in HU: the instance's first WindowCenter/Width, else soft tissue (40, 400)."""
-    center = _first_number(_item_value(ds, "FrameVOILUTSequence", "WindowCenter", 0))
-    width = _first_number(_item_value(ds, "FrameVOILUTSequence", "WindowWidth", 0))
+    """The CT window (center, width) in HU: the instance's first WindowCenter/Width, else soft tissue (40, 400)
+    (also when the values are not numbers: a window only says how to display)."""
+    try:
+        center = _first_number(_item_value(ds, "FrameVOILUTSequence", "WindowCenter", 0))
+        width = _first_number(_item_value(ds, "FrameVOILUTSequence", "WindowWidth", 0))
+    except (TypeError, ValueError):
+        return SOFT_TISSUE_WINDOW
     if center is None or width is None or width <= 1:
         return SOFT_TISSUE_WINDOW
     return center, width
@@ -159,14 +178,16 @@ def to_model_space(ds: Dataset) -> ModelImage:
         full = float((1 << bits[1]) - 1)
         values = stored.astype(np.float64)
         mapping = PixelMapping("RGB", str(ds.get("Modality", "")), np.ones(frames), np.zeros(frames), 1.0 / full,
-                               0.0, None, *bits, signed, multi_frame)
+                               0.0, None, *bits, signed, multi_frame, floor=0.0)
         pixels = np.clip(values / full, 0.0, 1.0).astype(np.float32)
         return ModelImage(pixels, values, mapping)
     grey = stored.reshape(-1, *stored.shape[-2:]).astype(np.float64)
-    slope, intercept = _rescale(ds, grey.shape[0])
+    slope, intercept = rescale(ds, grey.shape[0])
     values = grey * slope[:, None, None] + intercept[:, None, None]
     window = None
-    if is_hounsfield(ds):
+    hounsfield = is_hounsfield(ds)
+    floor = min(float(values.min()), HU_FLOOR if hounsfield else 0.0)
+    if hounsfield:
         window = ct_window(ds)
         center, width = window
         gain, offset = 1.0 / width, -(center - width / 2) / width
@@ -180,7 +201,7 @@ def to_model_space(ds: Dataset) -> ModelImage:
             span = max(float(np.percentile(values, 99.5)) - lo, 1e-6)
             gain, offset = 1.0 / span, -lo / span
     mapping = PixelMapping(photometric, str(ds.get("Modality", "")), slope, intercept, gain, offset, window,
-                           *bits, signed, multi_frame)
+                           *bits, signed, multi_frame, floor)
     pixels = np.clip(values * gain + offset, 0.0, 1.0).astype(np.float32)
     return ModelImage(pixels, values, mapping)
 
@@ -190,7 +211,8 @@ def from_model_space(pixels: np.ndarray, image: ModelImage, *, scale: int) -> np
 
     ``pixels`` has the shape of ``image.pixels`` times ``scale`` in H and W (grey (frames, sH, sW); RGB
     (sH, sW, 3) or (frames, sH, sW, 3)). Only the model's correction is taken from it (see the module docstring);
-    HU and out-of-window values are kept, and the result is clipped only to the representable stored range.
+    HU and out-of-window values are kept. The result is clipped to what the modality can produce: modality values
+    not below ``mapping.floor``, stored values within the BitsStored/PixelRepresentation range.
     """
     mapping = image.mapping
     source = image.frames
@@ -199,7 +221,7 @@ def from_model_space(pixels: np.ndarray, image: ModelImage, *, scale: int) -> np
     if output.shape != expected:
         raise ValueError(f"model output has shape {output.shape}, expected {expected} for ×{scale}")
     correction = output - bicubic(source, scale)
-    values = bicubic(planes(image.values, mapping), scale) + correction / mapping.gain
+    values = np.maximum(bicubic(planes(image.values, mapping), scale) + correction / mapping.gain, mapping.floor)
     stored = values if mapping.is_rgb else (values - mapping.intercept[:, None, None]) / mapping.slope[:, None, None]
     lo, hi = mapping.stored_range
     stored = np.clip(np.rint(stored), lo, hi)

@@ -1,14 +1,19 @@
 """Reading DICOM instances received from outside: parse, validate, and refuse bad input with a reason.
 
 Every refusal is a :class:`DicomInputError` carrying an HTTP status (400 malformed, 413 too large, 415
-unsupported), a short machine-readable ``reason`` and a human ``detail``. An accepted dataset has decodable pixel
-data (``ds.pixel_array`` works and is cached on the dataset).
+unsupported), a short machine-readable ``reason`` and a human ``detail``. An accepted dataset is fully parsed
+(every element converted, also inside sequences) and has decodable pixel data (``ds.pixel_array`` works and is
+cached on the dataset), so code reading it later never meets a lazy-parse error.
+
+:func:`read_instance` is the one place where an unexpected exception while reading becomes a refusal (400
+``malformed``). Details never quote header values that failed a check (a corrupt file can put any bytes, patient
+names included, into any element): they name the element and the kind of problem.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import re
 from functools import cache
 
 import numpy as np
@@ -16,6 +21,8 @@ import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from server.dicom.pixels import rescale
 
 #: Transfer syntaxes decoded without any optional plugin.
 NATIVE_SYNTAXES: tuple[uid.UID, ...] = (
@@ -25,7 +32,12 @@ NATIVE_SYNTAXES: tuple[uid.UID, ...] = (
     uid.DeflatedExplicitVRLittleEndian,
 )
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+# Defined terms a refusal may name (PS3.3 C.7.6.3.1.2, retired ones included); anything else is not quoted.
+_KNOWN_PHOTOMETRICS = (*PHOTOMETRICS, "PALETTE COLOR", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "HSV", "ARGB", "CMYK",
+                       "XYB")
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# UI values: digits and dots, at most 64 characters (components with leading zeros, seen in the wild, pass).
+_UID_TEXT = re.compile(r"[0-9.]{1,64}")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
@@ -83,9 +95,13 @@ def _number_of_frames(ds: Dataset) -> int:
     try:
         return int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
-        raise DicomInputError(
-            400, "bad-attribute", f"NumberOfFrames {ds.get('NumberOfFrames')!r} is not a number"
-        ) from None
+        raise DicomInputError(400, "bad-attribute", "NumberOfFrames is not a number") from None
+
+
+def _uid_text(value: object) -> str | None:
+    """``value`` as text when it looks like a UID (digits and dots, ≤ 64 characters), else None."""
+    text = str(value or "").strip()
+    return text if _UID_TEXT.fullmatch(text) else None
 
 
 def _check_geometry(ds: Dataset, max_pixels: int) -> None:
@@ -107,20 +123,36 @@ def _check_geometry(ds: Dataset, max_pixels: int) -> None:
     photometric = str(ds.PhotometricInterpretation).strip()
     samples = int(ds.SamplesPerPixel)
     if photometric not in PHOTOMETRICS:
+        shown = photometric if photometric in _KNOWN_PHOTOMETRICS else "a value that is no defined term"
         raise DicomInputError(
-            415, "unsupported-photometric", f"{photometric}; supported: {', '.join(PHOTOMETRICS)}"
+            415, "unsupported-photometric", f"PhotometricInterpretation {shown}; supported: {', '.join(PHOTOMETRICS)}"
         )
     if samples != (1 if photometric.startswith("MONOCHROME") else 3):
         raise DicomInputError(400, "bad-attribute", f"SamplesPerPixel {samples} with {photometric}")
     if ds.get("PixelRepresentation") not in (0, 1):
-        raise DicomInputError(400, "bad-attribute", f"PixelRepresentation {ds.get('PixelRepresentation')!r}")
+        raise DicomInputError(400, "bad-attribute", "PixelRepresentation is neither 0 nor 1")
+
+
+def _parse_all(ds: Dataset) -> None:
+    """Convert every element now, recursing into sequence items: pydicom parses lazily, and an element that cannot
+    be converted (an invalid VR, a bad length) must fail here, not in whoever reads it later."""
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+            items = element.value if element.VR == "SQ" else ()
+            for item in items:
+                _parse_all(item)
+        except Exception as exc:
+            exc.add_note(f"element {tag}")  # innermost first: read_instance names the path
+            raise
 
 
 def read_instance(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> Dataset:
-    """Parse one DICOM Part 10 file and check that its pixel data decodes; :class:`DicomInputError` otherwise.
+    """Parse one DICOM Part 10 file, convert every element and check that its pixel data decodes.
 
     ``max_pixels`` bounds rows × columns × frames (checked before decoding); ``max_bytes`` (optional) bounds the
-    size of the file itself.
+    size of the file itself. Raises :class:`DicomInputError` for anything that cannot be accepted: this is the one
+    place where unexpected exceptions from parsing and checking become a refusal (400 ``malformed``).
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise DicomInputError(413, "too-large", f"{len(data)} bytes exceed the limit of {max_bytes}")
@@ -128,33 +160,60 @@ def read_instance(data: bytes, *, max_pixels: int, max_bytes: int | None = None)
         raise DicomInputError(
             400, "not-dicom", "no DICOM Part 10 header (128-byte preamble followed by 'DICM')"
         )
+    ds: Dataset | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if len(ds) == 0:
+            raise DicomInputError(400, "truncated", "the file ends after its meta information")
+        _check_complete(ds, len(data))  # on the raw elements, before they are converted
+        _parse_all(ds.file_meta)
+        _parse_all(ds)
+        _validate(ds, max_pixels)
+    except DicomInputError as exc:
+        exc.sop_instance_uid = exc.sop_instance_uid or _sop_instance_uid(ds)
+        raise
     except InvalidDicomError as exc:
         raise DicomInputError(400, "not-dicom", str(exc)) from exc
-    except Exception as exc:  # pydicom raises many types on malformed input
-        raise DicomInputError(400, "malformed", f"{type(exc).__name__}: {exc}") from exc
-    if len(ds) == 0:
-        raise DicomInputError(400, "truncated", "the file ends after its meta information")
-    try:
-        _validate(ds, len(data), max_pixels)
-    except DicomInputError as exc:
-        exc.sop_instance_uid = str(ds.get("SOPInstanceUID") or "") or None
-        raise
+    except Exception as exc:  # pydicom raises many types on malformed input; none may escape as a server error
+        path = " > ".join(reversed(getattr(exc, "__notes__", [])))  # sequence first, then the element in its item
+        where = f" in {path}" if path else ""
+        raise DicomInputError(400, "malformed", f"{type(exc).__name__} while reading the file{where}",
+                              _sop_instance_uid(ds)) from exc  # fmt: skip
     return ds
 
 
-def _validate(ds: Dataset, size: int, max_pixels: int) -> None:
+def _sop_instance_uid(ds: Dataset | None) -> str | None:
+    """The instance's SOP Instance UID for a refusal, when it can be read and looks like a UID."""
+    try:
+        return _uid_text(ds.get("SOPInstanceUID")) if ds is not None else None
+    except Exception:  # the element itself is what is broken
+        return None
+
+
+def _check_mapping(ds: Dataset) -> None:
+    """The attributes the pixel mapping reads (rescale slope/intercept, per frame) must be finite numbers."""
+    if int(ds.SamplesPerPixel) != 1:
+        return
+    try:
+        rescale(ds, _number_of_frames(ds))
+    except (TypeError, ValueError, IndexError):
+        raise DicomInputError(400, "bad-attribute", "RescaleSlope or RescaleIntercept is not a finite number") from None
+
+
+def _validate(ds: Dataset, max_pixels: int) -> None:
     """Every check after parsing (see :func:`read_instance`); decodes the pixel data (cached on ``ds``)."""
-    _check_complete(ds, size)
-    syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
-    if syntax is None:
+    value = ds.file_meta.get("TransferSyntaxUID")
+    if not value:
         raise DicomInputError(400, "malformed", "no TransferSyntaxUID in the file meta information")
+    text = _uid_text(value)
+    if text is None:
+        raise DicomInputError(400, "malformed", "the TransferSyntaxUID in the file meta information is not a UID")
+    syntax = uid.UID(text)
     for keyword in REQUIRED_UIDS:
         if not ds.get(keyword):
             raise DicomInputError(400, "missing-attribute", f"{keyword} is missing or empty")
+        if _uid_text(ds.get(keyword)) is None:
+            raise DicomInputError(400, "bad-attribute", f"{keyword} is not a UID (digits and dots, at most 64)")
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if other:
@@ -177,10 +236,9 @@ def _validate(ds: Dataset, size: int, max_pixels: int) -> None:
             raise DicomInputError(
                 400, "inconsistent-pixel-data", f"PixelData holds {actual} bytes, the header implies {expected}"
             )
+    _check_mapping(ds)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            pixels = ds.pixel_array
+        pixels = ds.pixel_array
     except Exception as exc:
         raise DicomInputError(400, "undecodable", f"{syntax.name}: {type(exc).__name__}: {exc}") from exc
     if not np.issubdtype(pixels.dtype, np.integer):

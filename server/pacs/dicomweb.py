@@ -11,24 +11,25 @@ from collections.abc import Mapping, Sequence
 from io import BytesIO
 from types import TracebackType
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from server.pacs.errors import PacsError, checked_request, raise_for_status
+from server.dicom import DicomEncodingError, encode
+from server.pacs.errors import OUT_OF_RESOURCES, PacsError, checked_request, raise_for_status
 
 if TYPE_CHECKING:
     from server.settings import PacsSettings
 
 DICOM_JSON = "application/dicom+json"
-# DICOM failure reasons (PS3.18 STOW-RS, PS3.4 C-STORE) that mean "try again later": A7xx, out of resources.
-_OUT_OF_RESOURCES = range(0xA700, 0xA800)
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _REFERENCED_SOP_INSTANCE_UID = "00081155"
 _FAILURE_REASON = "00081197"
-# STOW-RS statuses whose body says which instances failed and why (Orthanc answers 400 when any part failed).
+# STOW-RS statuses whose body says which instances failed and why (Orthanc answers 400 when a part is not
+# understood, 409 when an instance belongs to another study than the request's).
 _STOW_PARTIAL = (400, 409)
 
 
@@ -65,13 +66,12 @@ def decode_multipart(body: bytes, content_type: str) -> list[bytes]:
 
 
 def encode_instance(ds: pydicom.Dataset) -> bytes:
-    """A dataset as a DICOM Part 10 file (file meta information created if missing)."""
-    buffer = BytesIO()
+    """A dataset as a DICOM Part 10 file (:func:`server.dicom.encode`); one that cannot be encoded is a permanent
+    :class:`PacsError` raised before anything is sent."""
     try:
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise PacsError(f"cannot encode an instance as a DICOM file: {exc}", transient=False) from exc
-    return buffer.getvalue()
+        return encode(ds)
+    except DicomEncodingError as exc:
+        raise PacsError(str(exc), transient=False) from exc
 
 
 class DicomWebStore:
@@ -93,13 +93,22 @@ class DicomWebStore:
         return cls(settings.dicomweb_url, settings.username, settings.secret())
 
     def store(self, datasets: Sequence[pydicom.Dataset]) -> None:
-        """Store instances with one STOW-RS request; raise :class:`PacsError` unless every one was stored."""
+        """Store instances with one STOW-RS request; raise :class:`PacsError` unless every one was stored.
+
+        A batch that is one series (the pipeline's derived series) is sent to the study of its first instance
+        (``POST …/studies/{StudyInstanceUID}``): a series belongs to one study, so the PACS refuses, by name, an
+        instance filed under another (Orthanc: HTTP 409, failure reason 0x0110) and stores the others. A batch of
+        several series goes to ``…/studies``.
+        """
         if not datasets:
             return
         boundary = secrets.token_hex(16)
         body = encode_multipart([encode_instance(ds) for ds in datasets], boundary)
+        path = "/studies"
+        if len({str(ds.get("SeriesInstanceUID", "")) for ds in datasets}) == 1:
+            path += "/" + quote(str(datasets[0].StudyInstanceUID), safe="")
         response = checked_request(
-            self.client, "POST", f"{self.base_url}/studies", "STOW-RS", accept=_STOW_PARTIAL,
+            self.client, "POST", f"{self.base_url}{path}", "STOW-RS", accept=_STOW_PARTIAL,
             content=body,
             headers={
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -139,19 +148,25 @@ class DicomWebStore:
             + (f"; {len(unacknowledged)} not acknowledged" if unacknowledged else ""),
             # Out of resources may pass; so may instances the PACS dropped without a reason (Orthanc does that
             # when its storage is full). Callers bound their retries.
-            transient=all(reason in _OUT_OF_RESOURCES for reason in failed.values()),
+            transient=all(reason in OUT_OF_RESOURCES for reason in failed.values()),
             status=response.status_code,
             failed=failed,
+            stored={uid for uid in sent if uid in stored},
+            unacknowledged=set(unacknowledged),
         )
 
-    def retrieve_series(self, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
-        """Every instance of a series (WADO-RS), in the transfer syntax the PACS stored it in."""
+    def retrieve_series_files(self, study_uid: str, series_uid: str) -> list[bytes]:
+        """Every instance of a series (WADO-RS) as a Part 10 file, in the transfer syntax the PACS stored it in."""
         response = checked_request(
             self.client, "GET", f"{self.base_url}/studies/{study_uid}/series/{series_uid}", "WADO-RS series",
             headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
         )
+        return decode_multipart(response.content, response.headers.get("Content-Type", ""))
+
+    def retrieve_series(self, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
+        """:meth:`retrieve_series_files`, parsed."""
         datasets = []
-        for part in decode_multipart(response.content, response.headers.get("Content-Type", "")):
+        for part in self.retrieve_series_files(study_uid, series_uid):
             try:
                 datasets.append(pydicom.dcmread(BytesIO(part)))
             except InvalidDicomError as exc:

@@ -9,22 +9,33 @@ import httpx
 
 # HTTP statuses worth retrying: the request may succeed later unchanged.
 TRANSIENT_HTTP = frozenset({408, 429})
+# DICOM failure reasons (PS3.18 STOW-RS, PS3.4 C-STORE) that mean "try again later": A7xx, out of resources.
+OUT_OF_RESOURCES = range(0xA700, 0xA800)
 
 
 class PacsError(Exception):
     """A PACS request failed. ``transient``: retrying the same request later may succeed.
 
-    ``status`` is the HTTP status when there was one; ``failed`` maps the SOP Instance UIDs a STOW-RS request
-    did not store to their DICOM failure reason.
+    ``status`` is the HTTP status when there was one. A STOW-RS answer about each instance fills ``stored`` (SOP
+    Instance UIDs the PACS acknowledged: they are stored, whatever happened to the others), ``failed`` (UIDs it
+    refused, with the DICOM failure reason) and ``unacknowledged`` (UIDs it answered nothing about: not stored).
     """
 
     def __init__(
-        self, message: str, *, transient: bool, status: int | None = None, failed: dict[str, int] | None = None
+        self, message: str, *, transient: bool, status: int | None = None, failed: dict[str, int] | None = None,
+        stored: set[str] | None = None, unacknowledged: set[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.transient = transient
         self.status = status
         self.failed = dict(failed or {})
+        self.stored = set(stored or ())
+        self.unacknowledged = set(unacknowledged or ())
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """The instances refused for good: failed with a reason that is not "out of resources"."""
+        return {uid: reason for uid, reason in self.failed.items() if reason not in OUT_OF_RESOURCES}
 
 
 def checked_request(

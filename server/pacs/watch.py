@@ -285,12 +285,15 @@ class SeriesNotStored(RuntimeError):
 def enhance_series(pacs: DicomWebStore, pipeline: StudyPipeline) -> Callable[[str, str], None]:
     """The watch callback: fetch a series with WADO-RS and run it through the pipeline (which stores it back).
 
+    The files go in as bytes, so the pipeline reads each one with the same checks as any other input
+    (``server.dicom.read_instance``): a corrupt instance in the PACS fails alone with its reason.
+
     Raises when the PACS cannot be read, or when nothing was stored and some failure is retryable; a series with
     only permanent failures (recorded in the pipeline's result event) is not retried.
     """
 
     def handle(study_uid: str, series_uid: str) -> None:
-        result = pipeline.process_series(pacs.retrieve_series(study_uid, series_uid))
+        result = pipeline.process_series(pacs.retrieve_series_files(study_uid, series_uid))
         retryable = sorted({f.reason for f in result.failures if f.retryable})
         if not result.stored and retryable:
             raise SeriesNotStored(f"nothing stored; retryable failures: {', '.join(retryable)}")

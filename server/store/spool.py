@@ -17,7 +17,7 @@ from sensors.vitals import Sample
 from server.store.base import StoreUnavailable, VitalsStore
 from server.store.sqlite import connect
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aegle.store.spool")
 
 _COLUMNS = "patient_id, site, device_id, code, t_ms, value, message_id"
 _SCHEMA = """
