@@ -12,19 +12,24 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage, MRImageStorage
 
 from edge.forwarder import Forwarder
 from edge.node import EdgeNode
 from edge.outbox import Outbox, OutboxFull, Pending
-from edge.scp import OUT_OF_RESOURCES, StorageSCP
+from edge.scp import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, StorageSCP
 from sensors import topics
+from sensors.accounts import edge
 from sensors.dicom_transfer import TransferManifest, chunk_properties, new_manifest
 from sensors.publisher import MqttPublisher
 from server.localservices import Mosquitto, free_port
 from server.settings import EdgeSettings
+from tests.dicom_support import pydicom_file
 from tests.support import wait_for
 from tests.test_dicom_transfer import CT, MR, SITE, Received, assembler, c_store, dicom_file, mqtt_as, same_dataset
 
@@ -91,8 +96,115 @@ def test_dcmtk_storescu_is_answered_success_after_the_durable_write(tmp_path: Pa
     same_dataset(stored.instance_path.read_bytes(), CT)
 
 
+CT_SMALL = pydicom_file("CT_small.dcm")  # CT Image Storage, 128 × 128 × 16 bits: 32 768 bytes of pixel data
+MR_TRUNCATED = pydicom_file("MR_truncated.dcm")  # pydicom's real truncated MR: 8 130 of 8 192 pixel bytes
+
+
+def storescu(port: int, path: Path) -> subprocess.CompletedProcess[str]:
+    """dcmtk's storescu (verbose: it names the response status) sends one file to the edge SCP."""
+    return subprocess.run(["storescu", "-v", "-aec", "AEGLE_EDGE", "127.0.0.1", str(port), str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def edge_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("aegle.edge")]
+
+
+def assert_no_patient_data(lines: list[str], *sources: Path) -> None:
+    """No patient name or id, and no UID of the instances, in any of the lines."""
+    for source in sources:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = str(ds.get(keyword) or "")
+            assert value and not any(value in line for line in lines), keyword
+
+
+def test_scp_answers_a_failure_status_for_instances_it_cannot_use_and_queues_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Real truncated files streamed byte for byte by pynetdicom (as a modality sends a file it holds)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's bytes, not re-encoded
+    data = CT_SMALL.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])  # the stream ends halfway through the pixel data
+    ct = pydicom.dcmread(CT_SMALL)
+    garbage = DicomBytesIO()
+    garbage.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(garbage, ct.file_meta)
+    (tmp_path / "garbage.dcm").write_bytes(garbage.getvalue() + b"\xff" * 64)  # a valid header, then no elements
+    no_study = pydicom.dcmread(CT_SMALL)
+    del no_study.StudyInstanceUID
+    no_study.save_as(tmp_path / "no-study.dcm")
+    other_uid = pydicom.dcmread(CT_SMALL)
+    other_uid.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # what the SCU puts in the request
+    other_uid.save_as(tmp_path / "other-uid.dcm")
+    cases = [
+        (cut, DOES_NOT_MATCH_SOP_CLASS, "PixelData", "Pixel Data has 13303 bytes, not 32768"),
+        (MR_TRUNCATED, DOES_NOT_MATCH_SOP_CLASS, "PixelData", "Pixel Data has 8130 bytes, not 8192"),
+        (tmp_path / "no-study.dcm", DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID", "StudyInstanceUID missing or empty"),
+        (tmp_path / "other-uid.dcm", DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID",
+         "SOPInstanceUID differs from the C-STORE request"),
+        (tmp_path / "garbage.dcm", CANNOT_UNDERSTAND, None, "data set does not parse into elements ("),
+    ]  # fmt: skip
+    outbox = Outbox(tmp_path / "outbox", SITE, "edge-a")
+    scp = StorageSCP(outbox, "AEGLE_EDGE", port=free_port()).start()
+    ae = AE(ae_title="MODALITY")
+    for sop_class in (CTImageStorage, MRImageStorage):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    try:
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="AEGLE_EDGE")
+        assert assoc.is_established
+        for path, status, keyword, comment in cases:
+            answer = assoc.send_c_store(path)
+            offending = None if keyword is None else Tag(keyword)
+            assert (answer.Status, answer.get("OffendingElement")) == (status, offending), answer
+            assert answer.ErrorComment.startswith(comment), answer  # garbage: "(" + the parser's exception type
+            assert not list(outbox.pending()), path.name
+        assert assoc.send_c_store(CT_SMALL).Status == 0
+        assoc.release()
+    finally:
+        scp.stop()
+    [stored] = list(outbox.pending())
+    same_dataset(stored.instance_path.read_bytes(), CT_SMALL)
+    assert (scp.stored, scp.unusable, scp.refused) == (1, len(cases), 0)
+    lines = edge_log_lines(caplog)
+    for _, status, _, comment in cases:
+        assert any(f"(answered 0x{status:04X}): {comment}" in line for line in lines), comment
+    assert_no_patient_data(lines, CT_SMALL, MR_TRUNCATED)
+
+
+def test_dcmtk_storescu_learns_its_pixel_data_was_cut_and_only_the_good_file_is_forwarded(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker.add_accounts([edge("edge-a", SITE)])
+    half = pydicom.dcmread(CT)
+    half.PixelData = half.PixelData[: len(half.PixelData) // 2]  # a well-formed file whose pixel data is cut
+    half.save_as(tmp_path / "half.dcm")
+    sink = Received()
+    server = assembler(broker, tmp_path, sink).start()
+    settings = EdgeSettings(site=SITE, outbox_path=tmp_path / "outbox", dicom_port=free_port(), chunk_size=16384)
+    node = EdgeNode(settings, mqtt_as(broker, "edge-a")).start()
+    try:
+        refused = storescu(node.scp.port, tmp_path / "half.dcm")
+        assert refused.returncode != 0, refused.stderr
+        assert "Received Store Response (Error: DataSetDoesNotMatchSOPClass)" in refused.stderr
+        assert len(node.outbox) == 0 and node.scp.unusable == 1  # never queued
+        accepted = storescu(node.scp.port, CT)
+        assert accepted.returncode == 0 and "Received Store Response (Success)" in accepted.stderr, accepted.stderr
+        wait_for(lambda: len(sink.items) == 1, 20, "the good file delivered")
+        wait_for(lambda: len(node.outbox) == 0, 10, "the outbox emptied")
+    finally:
+        node.stop()
+        server.stop()
+    [(received, _)] = sink.items
+    same_dataset(received, CT)
+    assert node.scp.stored == 1
+    assert any("(answered 0xA900): Pixel Data has 262144 bytes, not 524288" in line for line in edge_log_lines(caplog))
+    assert_no_patient_data(edge_log_lines(caplog), CT)
+
+
 def test_an_edge_cannot_publish_under_another_edges_id(broker: Mosquitto, tmp_path: Path) -> None:
-    broker.add_users(["edge-a", "edge-b"])
+    broker.add_accounts([edge("edge-a", SITE), edge("edge-b", SITE)])
     data = MR.read_bytes()
     manifest = new_manifest(data, SITE, "edge-b", 65536)
     with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
@@ -118,7 +230,7 @@ def test_an_edge_cannot_publish_under_another_edges_id(broker: Mosquitto, tmp_pa
 
 def test_edge_accepts_while_the_broker_is_down_and_forwards_when_it_is_back(broker: Mosquitto,
                                                                              tmp_path: Path) -> None:
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     server = assembler(broker, tmp_path, sink)
     server.start().stop()  # its persistent session exists, so the broker queues for it
@@ -175,7 +287,7 @@ def settled_count(directory: Path, pattern: str, quiet_s: float = 1.0, timeout: 
 
 
 def test_forwarder_kill_9_mid_transfer_resumes_and_delivers_exactly_once(broker: Mosquitto, tmp_path: Path) -> None:
-    broker.add_user("edge-a")
+    broker.add_accounts([edge("edge-a", SITE)])
     sink = Received()
     server = assembler(broker, tmp_path, sink).start()
     outbox, port = tmp_path / "outbox", free_port()
