@@ -240,7 +240,8 @@ def tune_classical(val: BenchPairs, scale: int) -> dict[str, Any]:
     }
 
 
-def _model_output(model: nn.Module, lr: torch.Tensor, context: torch.Tensor | None, batch: int = 16) -> np.ndarray:
+def model_output(model: nn.Module, lr: torch.Tensor, context: torch.Tensor | None, batch: int = 16) -> np.ndarray:
+    """``model`` on low-resolution inputs (N×1×h×w) with their contexts, in batches, without gradients."""
     outs = []
     with torch.no_grad():
         for i in range(0, lr.shape[0], batch):
@@ -385,11 +386,11 @@ def run(
     results["classical"] = results[tuned["method"]]
     context = test.pairs.context
     permutation = np.random.default_rng(seed + 2).permutation(len(test))
-    results["enhancer"] = scored(_model_output(model, test.pairs.lr, context))
+    results["enhancer"] = scored(model_output(model, test.pairs.lr, context))
     shuffled = context[torch.from_numpy(permutation)]
-    results["enhancer_shuffled"] = scored(_model_output(model, test.pairs.lr, shuffled))
+    results["enhancer_shuffled"] = scored(model_output(model, test.pairs.lr, shuffled))
     if blind_model is not None:
-        results["blind"] = scored(_model_output(blind_model, test.pairs.lr, torch.zeros_like(context)))
+        results["blind"] = scored(model_output(blind_model, test.pairs.lr, torch.zeros_like(context)))
     progress("; ".join(f"{k} {v['psnr_db']:.2f} dB / {v['ssim']:.4f}" for k, v in results.items()))
 
     enh = results["enhancer"]["psnr_db"]

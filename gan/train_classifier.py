@@ -370,7 +370,8 @@ def evaluate_lesion(
     return {"lesion": binary_report(y, probabilities.reshape(-1), 0.5, groups, resamples=resamples, seed=seed)}
 
 
-def _flatten(report: dict[str, dict[str, MetricCI]]) -> dict[str, float]:
+def flat_metrics(report: dict[str, dict[str, MetricCI]]) -> dict[str, float]:
+    """A metrics report as the card stores it: ``test_{group}_{metric}`` with ``_ci_low`` / ``_ci_high``."""
     flat: dict[str, float] = {}
     for group, metrics in report.items():
         for metric, ci in metrics.items():
@@ -478,8 +479,8 @@ def calibrate_triage(
             "val_enhance_specificity": float(specificity[0]),
             "n_test": float(len(data.test_groups)),
         }
-        | _flatten(after)
-        | _flatten(default)
+        | flat_metrics(after)
+        | flat_metrics(default)
     )
     rule = (
         f"gan.train_classifier.choose_thresholds on the val split only ({len(data.val[1])} windows of "
@@ -648,7 +649,7 @@ def _train(config: ClassifierConfig, volumes: Sequence[gdata.Volume] | None, dat
         "val_label_accuracy": best["val_label_accuracy"],
         "best_step": float(best_step),
         "n_test": float(len(data.test_groups)),
-    } | _flatten(report)
+    } | flat_metrics(report)
     save_model(model, out, name, "se-classifier", config.model_config(), _card(config, data.description, metrics))
     model.eval()
 

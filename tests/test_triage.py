@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ import pytest
 from gan import data, triage
 from gan.registry import CARD_FILE, DEFAULT_ROOT, WEIGHTS_FILE, load_card, load_model, sha256_file
 from gan.train import normalise_volume
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +166,8 @@ def test_degradations_on_a_real_slice_and_their_targets(pyradiomics: dict[str, n
 
 
 def test_shipped_triage_weights_load_with_matching_sha256() -> None:
+    """Provenance only; the card's figures are recomputed from the weights in
+    ``tests/test_train_classifier.py::test_shipped_triage_card_figures_are_recomputed_from_its_weights``."""
     directory = DEFAULT_ROOT / triage.MODEL_NAME
     card = load_card(directory / "card.json")
     assert card.sha256 == sha256_file(directory / "model.safetensors")
@@ -169,34 +176,72 @@ def test_shipped_triage_weights_load_with_matching_sha256() -> None:
     assert loaded == card and not model.training
     assert card.input.model_dump()["classes"] == list(triage.TRIAGE_CLASSES)
     assert "python -m gan.train_classifier triage" in str(card.training.command)
-    assert card.metrics["test_enhance_auc_ci_low"] <= card.metrics["test_enhance_auc"]
     model2, _ = triage.load_triage()
     assert type(model2) is type(model)
+
+
+#: Seeds of the random-init control of the quality claim below.
+RANDOM_SEEDS = range(5)
+HEAVY = triage.TriageDegradation(0.08, {"motion": 8.0, "respiratory_rate": 30.0, "heart_rate": 130.0}, 4)
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How one model's triage treats clean held-out slices and their heavily degraded versions."""
+
+    clean_scores: list[float]  # enhance scores (card thresholds; "enhance" when >= 0.5)
+    degraded_scores: list[float]
+    degraded_flagged: int
+    clean_kept: int
+
+    @property
+    def separated(self) -> bool:
+        """Every degraded slice scores above every clean one (an AUC of 1, whatever the thresholds)."""
+        return min(self.degraded_scores) > max(self.clean_scores)
+
+    def claim_holds(self) -> bool:
+        """The README's claim: separated, every degraded slice flagged, at least half of the clean ones kept."""
+        n = len(self.clean_scores)
+        return self.separated and self.degraded_flagged == n and self.clean_kept >= n // 2
+
+
+def _separation(
+    model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], thresholds: dict[str, float]
+) -> Separation:
+    """Triage, with ``model`` at ``thresholds``, of each clean slice and of its degraded version."""
+    clean = [triage.classify(model, image, thresholds) for image, _ in pairs]
+    degraded = [triage.classify(model, image, thresholds) for _, image in pairs]
+
+    def scores(results: list[triage.TriageResult]) -> list[float]:
+        return triage.enhance_score(np.array([list(r.probabilities.values()) for r in results]), thresholds).tolist()
+
+    return Separation(scores(clean), scores(degraded), sum(r.enhance for r in degraded),
+                      sum(not r.enhance for r in clean))  # fmt: skip
 
 
 def test_shipped_triage_tells_clean_from_heavily_degraded_held_out_slices(
     pyradiomics: dict[str, np.ndarray],
 ) -> None:
-    """Random weights cannot pass: every degraded slice must score above its own clean version."""
+    """12 held-out slices and the same slices with noise, motion blur and ×4 low resolution all at once: the shipped
+    weights pass the claim; the same architecture with random weights fails it, and fails its threshold-free part
+    (separation) too, for every seed tried (random nets may rank each slice's own pair right, as 2 of 10 seeds do)."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    model, _ = triage.load_triage()
-    heavy = triage.TriageDegradation(0.08, {"motion": 8.0, "respiratory_rate": 30.0, "heart_rate": 130.0}, 4)
+    from gan.models import build
+
+    model, card = triage.load_triage()
+    thresholds = triage.card_thresholds(card)
     rng = np.random.default_rng(0)
-    clean_scores, degraded_scores, degraded_enhanced, clean_kept = [], [], 0, 0
+    pairs = []
     for modality, image in _held_out_slices(pyradiomics):
-        side = image.shape[0] - image.shape[0] % 4, image.shape[1] - image.shape[1] % 4
-        image = image[: side[0], : side[1]]
-        degraded, _ = triage.apply_degradation(image, heavy, modality, rng)  # the whole slice, then preprocess
-        results = [triage.classify(model, x) for x in (image, degraded)]
-        clean_scores.append(triage.enhance_score(np.array([list(results[0].probabilities.values())]))[0])
-        degraded_scores.append(triage.enhance_score(np.array([list(results[1].probabilities.values())]))[0])
-        degraded_enhanced += results[1].enhance
-        clean_kept += not results[0].enhance
-    pairs = len(clean_scores)
-    assert all(d > c for c, d in zip(clean_scores, degraded_scores, strict=True)), (clean_scores, degraded_scores)
-    assert degraded_enhanced == pairs
-    assert clean_kept >= pairs // 2, clean_scores
+        image = image[: image.shape[0] - image.shape[0] % 4, : image.shape[1] - image.shape[1] % 4]
+        pairs.append((image, triage.apply_degradation(image, HEAVY, modality, rng)[0]))  # whole slice, then window
+    shipped = _separation(model, pairs, thresholds)
+    assert shipped.claim_holds(), shipped
+    for seed in RANDOM_SEEDS:
+        torch.manual_seed(seed)
+        random_init = _separation(build(card.architecture, **card.config).eval(), pairs, thresholds)
+        assert not random_init.claim_holds() and not random_init.separated, (seed, random_init)
 
 
 def test_shipped_card_thresholds_are_used_and_a_card_without_them_means_0_5(
