@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from aegle.localservices import LOOPBACK, LocalService, Orthanc, http_ok, loopback_only_network
 from bench.ingest import cpu_seconds
-from server.localservices import LOOPBACK, LocalService, Orthanc, http_ok, loopback_only_network
 
 #: Set in the environment of a benchmark that re-executed itself under ``unshare -n``.
 NETNS_ENV = "AEGLE_BENCH_NETNS"
@@ -92,8 +92,8 @@ class AegleService(LocalService):
         return "\n".join(lines) + "\n"
 
     def command(self) -> Sequence[str]:
+        from core.settings import ApiSettings
         from server.api.tokens import TokenStore
-        from server.settings import ApiSettings
 
         config = self.workdir / "aegle.toml"
         config.write_text(self.settings_toml())
@@ -107,7 +107,7 @@ class AegleService(LocalService):
                 store.close()
         # ``env`` execs the service in place: the child's pid is the service's (for /proc), and the settings
         # file path is the only thing on its command line.
-        return ["env", f"AEGLE_CONFIG={config}", sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)]
+        return ["env", f"AEGLE_CONFIG={config}", sys.executable, "-m", "aegle.cli", "serve", "--port", str(self.port)]
 
     def ready(self) -> bool:
         # uvicorn answers only after the lifespan start-up: the models are loaded (or recorded as missing) by then.

@@ -58,9 +58,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.context import CONTEXT_SIZE
 from gan.export import export_onnx
 from gan.models.enhancer import TRUNKS, ContextEnhancer, MultiScaleBlock
-from sensors.context import CONTEXT_SIZE
 
 THREADS = 2
 #: Modules whose FLOPs are counted (a MultiScaleBlock for its branch convs, which it runs functionally).

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sensors import topics
+from aegle.localservices import LOOPBACK, Mosquitto, free_port, http_ok
+from core import topics
+from core.vitals import Observation, VitalsMessage
 from sensors.publisher import MqttPublisher
-from sensors.vitals import Observation, VitalsMessage
-from server.localservices import LOOPBACK, Mosquitto, free_port, http_ok
 from server.store.sqlite import row_counts
 
 USERS = ("aegle-ingest", "aegle-bench")
@@ -174,7 +174,7 @@ def run_ingest(
     ports = [free_port() for _ in range(workers)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "ingest", "--worker-id", f"bench-{run}-{workers}-{i}",
+            [sys.executable, "-m", "aegle.cli", "ingest", "--worker-id", f"bench-{run}-{workers}-{i}",
              "--metrics-port", str(port)],
             env=env | {"AEGLE_INGEST__SPOOL_PATH": str(workdir / f"spool-{run}-{workers}-{i}.sqlite")},
         )

@@ -43,6 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from aegle.localservices import Orthanc
 from bench._service import (
     BRAIN_MR,
     AegleService,
@@ -53,7 +54,6 @@ from bench._service import (
     run_isolated,
 )
 from bench.ingest import cpu_seconds
-from server.localservices import Orthanc
 from server.pacs.dicomweb import encode_instance, encode_multipart
 
 SLICES = 20

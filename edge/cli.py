@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.logsafety import configure_logging
-from server.settings import EdgeSettings
+from core.logsafety import configure_logging
+from core.settings import EdgeSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +36,8 @@ def settings_from(args: argparse.Namespace, base: EdgeSettings) -> EdgeSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run an edge node until SIGTERM."""
+    from core.settings import Settings
     from edge.node import EdgeNode
-    from server.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__.splitlines()[0])
     add_arguments(parser)

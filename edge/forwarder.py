@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 
+from core import topics
+from core.dicom_chunks import chunk_properties
 from edge.outbox import Outbox, Pending
-from sensors import topics
-from sensors.dicom_transfer import chunk_properties
 from sensors.publisher import MqttConnectError, MqttPublisher
 
 log = logging.getLogger("aegle.edge.forwarder")

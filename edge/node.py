@@ -6,10 +6,10 @@ import logging
 import signal
 import threading
 
+from core.settings import EdgeSettings, MqttSettings
 from edge.forwarder import Forwarder
 from edge.outbox import Outbox
 from edge.scp import StorageSCP
-from server.settings import EdgeSettings, MqttSettings
 
 log = logging.getLogger("aegle.edge")
 

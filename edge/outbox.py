@@ -13,7 +13,6 @@ before that leaves no trace in ``ready/``. Directory names sort by arrival, so i
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -21,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensors.dicom_transfer import DEFAULT_CHUNK_BYTES, TransferManifest, new_manifest
+from core.dicom_chunks import DEFAULT_CHUNK_BYTES, TransferManifest, new_manifest
+from core.durable import fsync_dir, write_durably
 
 log = logging.getLogger("aegle.edge.outbox")
 INSTANCE = "instance.dcm"
@@ -31,23 +31,6 @@ PROGRESS = "progress"
 
 class OutboxFull(OSError):
     """The outbox cannot take an instance without exceeding its byte limit (the forwarder is behind)."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (created, renamed, removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write a file and fsync it (not its directory)."""
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass(frozen=True, slots=True)

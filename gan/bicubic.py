@@ -3,7 +3,7 @@
 For an integer ``scale``, output ``o = scale·i + r`` samples input ``(o + 0.5)/scale − 0.5 = i + d`` with
 ``d = (r + 0.5)/scale − 0.5`` ∈ (−½, ½): its four cubic taps (Keys, ``a = −0.75``) sit at offsets ``⌊d⌋ − 1 …
 ⌊d⌋ + 2``, all within −2…+2. Borders replicate the edge sample, like PyTorch's clamped indices. numpy only: the
-enhancer (:class:`gan.models.enhancer.BicubicUpsample`) and the DICOM map-back (:mod:`server.dicom.pixels`) share it.
+enhancer (:class:`gan.models.enhancer.BicubicUpsample`) and the DICOM map-back (:mod:`server.study.pixels`) share it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sensors.context import SensorContext
+from core.context import SensorContext
 
 SCALES: tuple[int, ...] = (1, 2, 4)
 MODALITIES: frozenset[str] = frozenset({"CT", "MR", "CR", "DX"})

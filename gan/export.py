@@ -13,18 +13,18 @@ machines, so that path is **not verified** here — only its guard and :func:`en
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core.durable import durable_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -119,29 +119,21 @@ def export_onnx(
             if dynamic_axes is not None
             else default_dynamic_axes(example_inputs, outputs, input_names, output_names)
         )
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-                warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
-                torch.onnx.export(
-                    model,
-                    tuple(example_inputs),
-                    tmp,
-                    dynamo=False,
-                    input_names=list(input_names),
-                    output_names=list(output_names),
-                    dynamic_axes={k: dict(v) for k, v in axes.items()},
-                    opset_version=opset_version,
-                    do_constant_folding=True,
-                )
-            onnx.checker.check_model(onnx.load(tmp), full_check=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with durable_file(path) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", message=".*The feature will be removed.*")
+            torch.onnx.export(
+                model,
+                tuple(example_inputs),
+                str(tmp),
+                dynamo=False,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes={k: dict(v) for k, v in axes.items()},
+                opset_version=opset_version,
+                do_constant_folding=True,
+            )
+            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
     finally:
         model.train(was_training)
     return path
@@ -375,15 +367,8 @@ def compile_tensorrt(
 
     model = model.eval().to(device)
     compiled = torch_tensorrt.compile(model, ir="dynamo", arg_inputs=inputs, enabled_precisions=set(precisions))
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".ep", dir=cache)
-    os.close(fd)
-    try:
-        torch_tensorrt.save(compiled, tmp, arg_inputs=inputs)
-        os.replace(tmp, engine_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with durable_file(engine_path, suffix=".ep") as tmp:
+        torch_tensorrt.save(compiled, str(tmp), arg_inputs=inputs)
     return compiled
 
 

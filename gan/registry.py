@@ -11,18 +11,18 @@ sha256 of the weights file *before* deserialising it, and loads the state dict s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.durable import durable_file, replace_durably
 
 if TYPE_CHECKING:
     import torch
@@ -177,20 +177,8 @@ def state_dict_sha256(model: nn.Module) -> str:
     return sha256_bytes(save(_cpu_state(model)))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # weights and cards are package data, readable like any installed file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+#: Weights and cards are package data, readable like any installed file (temporary files start as 0600).
+PUBLISHED_MODE = 0o644
 
 
 # --------------------------------------------------------------------------- public API
@@ -228,13 +216,8 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with durable_file(weights, PUBLISHED_MODE) as tmp:  # replaces the weights only once the card is valid
         save_file(_cpu_state(model), tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # like the card: mkstemp's 0600 would hide shipped weights from other users
         digest = sha256_file(tmp)
         card_data = {
             **card_extra,
@@ -249,12 +232,7 @@ def save_model(
             card = ModelCard.model_validate(card_data)
         except ValidationError as exc:
             raise ModelCardError(f"invalid model card for {name!r}:\n{exc}") from None
-        os.replace(tmp, weights)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _atomic_write_bytes(directory / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
+    replace_durably(directory / CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode(), PUBLISHED_MODE)
     return directory
 
 
@@ -333,7 +311,7 @@ def update_card(root: str | os.PathLike[str] | None, name: str, changes: Mapping
         updated = ModelCard.model_validate(card.model_dump() | dict(changes))
     except ValidationError as exc:
         raise ModelCardError(f"invalid model card for {name!r}:\n{exc}") from None
-    _atomic_write_bytes(directory / CARD_FILE, (updated.model_dump_json(indent=2) + "\n").encode())
+    replace_durably(directory / CARD_FILE, (updated.model_dump_json(indent=2) + "\n").encode(), PUBLISHED_MODE)
     return updated
 
 

@@ -4,7 +4,7 @@ Data (:func:`make_pairs`): 2-D slices of real CT and MR volumes (:mod:`gan.data`
 :func:`gan.data.split` (train / val only: the test split, which always holds the held-out subjects, is never
 touched). CT is windowed with its ``window`` to [0, 1]; MR is scaled per volume by ``(x − min) / (p99.5 − min)``
 and clipped to [0, 1]. Each sample is a random HR patch, a plausible set of vitals (resting → agitated, some
-channels missing at random), the context vector built by :func:`sensors.context.context_from_series` from those
+channels missing at random), the context vector built by :func:`core.context.context_from_series` from those
 vitals, and the LR patch made by :func:`gan.degrade.params_from_context` + :func:`gan.degrade.degrade`.
 
 The degradation follows the patient's TRUE vitals; the model sees only the OBSERVED ones (a missing channel is
@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from core.context import CHANNELS, CONTEXT_SIZE, SensorContext, context_from_series
 from gan import data as gdata
 from gan import metrics
 from gan.degrade import DegradationParams, degrade, params_from_context
 from gan.losses import EnhancerLoss, FeatureNetwork, discriminator_loss
-from sensors.context import CHANNELS, CONTEXT_SIZE, SensorContext, context_from_series
 
 __all__ = [
     "BLUR_GROUPS",
@@ -201,7 +201,7 @@ def sample_vitals(
 def sample_context(
     observed: Mapping[str, float | None], rng: np.random.Generator, patient_id: str = "synthetic"
 ) -> SensorContext:
-    """The context :func:`sensors.context.context_from_series` builds from one reading per present channel.
+    """The context :func:`core.context.context_from_series` builds from one reading per present channel.
 
     Each present channel gets one sample at its level, 0–120 s before the acquisition time (so ``fresh`` varies).
     """
@@ -598,7 +598,7 @@ def _card(config: TrainConfig, train_subjects: list[str], val_subjects: list[str
             "context_size": CONTEXT_SIZE,
             "normalisation": "CT: window (center, width) to [0, 1]; MR: (x - min) / (p99.5 - min) per volume; "
             "clipped to [0, 1]",
-            "context": "zeroed (blind variant)" if config.blind else "sensors.context vector",
+            "context": "zeroed (blind variant)" if config.blind else "core.context vector",
         },
         "synthetic_output": True,
         "notes": (

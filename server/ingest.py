@@ -11,7 +11,7 @@ Delivery guarantees:
 * Bounded backlog: the broker sends at most ``receive_maximum`` unacknowledged messages (far below paho's
   65 535 packet ids), so memory is bounded and nothing is dropped inside paho.
 * Several workers share the stream through the shared subscription ``$share/<group>/aegle/v1/+/+/vitals``.
-* Acknowledgements are only sent on the connection that received the message (see :mod:`server.mqttsession`):
+* Acknowledgements are only sent on the connection that received the message (see :mod:`core.mqtt`):
   after a reconnect stale acknowledgements are dropped and the broker's redelivery is written idempotently instead.
 """
 
@@ -32,11 +32,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from sensors import topics
-from sensors.context import ContextCache
-from sensors.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_samples
-from server.mqttsession import PersistentSubscriber, broker_confirmed
-from server.settings import Settings
+from core import topics
+from core.context import ContextCache
+from core.mqtt import PersistentSubscriber, broker_confirmed
+from core.settings import Settings
+from core.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_samples
 from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
 
 log = logging.getLogger("aegle.ingest")

@@ -1,13 +1,13 @@
 """The running server: one object that joins every input path to one study pipeline.
 
-:class:`AegleService` composes, from :class:`~server.settings.Settings`:
+:class:`AegleService` composes, from :class:`~core.settings.Settings`:
 
 * the HTTP app (``server.api.create_app``): the API and DICOMweb STOW-RS input at ``/dicom-web/studies``;
-* the vitals store (``open_store``) and the context lookup (``sensors.context.context_at`` with
-  ``settings.context``), the inference engine and the :class:`~server.pipeline.StudyPipeline` — derived series go
+* the vitals store (``open_store``) and the context lookup (``core.context.context_at`` with
+  ``settings.context``), the inference engine and the :class:`~server.study.pipeline.StudyPipeline` — derived series go
   to the PACS (``DicomWebStore`` when ``settings.pacs.dicomweb_url`` is set) and result events to the broker
   (when ``settings.mqtt.username`` is set: the broker runs with authentication);
-* with ``settings.dicom_transfer.enabled``: the MQTT DICOM :class:`~server.dicom_transfer.TransferAssembler`,
+* with ``settings.dicom_transfer.enabled``: the MQTT DICOM :class:`~server.study.assembly.TransferAssembler`,
   whose instances a :class:`SeriesCollector` groups into series;
 * with ``settings.pacs.watch``: the Orthanc watch mode (``server.pacs.watcher_for``).
 
@@ -38,23 +38,23 @@ import pydicom
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
-from edge.outbox import fsync_dir, write_durably
-from sensors import topics
-from sensors.vitals import dumps_compact
+from core import topics
+from core.durable import fsync_dir, replace_durably
+from core.settings import Settings
+from core.vitals import dumps_compact
 from server.api import create_app
 from server.api.deps import ServiceState
 from server.api.routes.dicom import build_pipeline, record
-from server.dicom_transfer import TransferInfo
-from server.pipeline import MqttResultPublisher, SeriesResult, StudyPipeline
-from server.settings import Settings
+from server.study.assembly import TransferInfo
+from server.study.pipeline import MqttResultPublisher, SeriesResult, StudyPipeline
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
     from fastapi import FastAPI
 
-    from server.dicom_transfer import TransferAssembler
     from server.inference import InferenceEngine
     from server.pacs import OrthancWatcher
+    from server.study.assembly import TransferAssembler
 
 log = logging.getLogger("aegle.service")
 _UID = re.compile(r"^[0-9][0-9.]{0,63}$")
@@ -123,10 +123,7 @@ class SeriesCollector:
         with self._lock:
             directory = self.path / key
             directory.mkdir(parents=True, exist_ok=True)
-            tmp = directory / f"{info.transfer_id}.tmp"
-            write_durably(tmp, data)
-            tmp.replace(directory / f"{info.transfer_id}.dcm")
-            fsync_dir(directory)
+            replace_durably(directory / f"{info.transfer_id}.dcm", data)
             self._due[key] = time.monotonic() + self.quiet_s
             self._attempts.pop(key, None)
 
@@ -275,7 +272,7 @@ class AegleService:
         recorded = RecordedPipeline(self.pipeline, st)
         try:
             if settings.dicom_transfer.enabled:
-                from server.dicom_transfer import TransferAssembler
+                from server.study.assembly import TransferAssembler
 
                 transfer = settings.dicom_transfer
                 self.collector = SeriesCollector(transfer.series_path, transfer.series_quiet_s,

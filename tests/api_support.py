@@ -19,12 +19,12 @@ import numpy as np
 import uvicorn
 from fastapi.testclient import TestClient
 
-from sensors.vitals import Sample, to_ms
+from aegle.localservices import free_port
+from core.settings import ApiSettings, InferenceSettings, MqttSettings, Settings, StoreSettings
+from core.vitals import Sample, to_ms
 from server.api import create_app
 from server.api.tokens import ROLES
 from server.inference import InferenceEngine
-from server.localservices import free_port
-from server.settings import ApiSettings, InferenceSettings, MqttSettings, Settings, StoreSettings
 from server.store import open_store
 
 PATIENT = "enc-7f3a91"  # an identifier that must never reach a log line

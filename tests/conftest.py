@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from server.localservices import Mosquitto, Orthanc, VictoriaMetrics
+from aegle.localservices import Mosquitto, Orthanc, VictoriaMetrics
 from tests.support import SERVICE_USERS
 
 if TYPE_CHECKING:

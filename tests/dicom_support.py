@@ -8,8 +8,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from server.dicom.validate import dciodvfy
-from server.pipeline import EnhanceFn
+from aegle.dicomcheck import dciodvfy
+from server.study.pipeline import EnhanceFn
 
 
 def pydicom_file(name: str) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sensors.vitals import Sample
-from server.localservices import VictoriaMetrics
+from aegle.localservices import VictoriaMetrics
+from core.vitals import Sample
 from server.store.base import VitalsStore
 from server.store.influx import InfluxStore
 from server.store.sqlite import SQLiteStore

@@ -10,10 +10,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from server.localservices import Mosquitto
-from server.settings import IngestSettings, MqttSettings, Settings, StoreSettings
+from aegle.localservices import Mosquitto
+from core.settings import IngestSettings, MqttSettings, Settings, StoreSettings
 
-SERVICE_USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # roles: sensors.accounts.SERVICE_ACCOUNTS
+SERVICE_USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # roles: core.accounts.SERVICE_ACCOUNTS
 V2 = mqtt.CallbackAPIVersion.VERSION2
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from server.cli import main
-from server.localservices import free_port
+from aegle.cli import main
+from aegle.localservices import free_port
 
 
 def env_for(tmp_path: Path, model_root: Path) -> dict[str, str]:
@@ -48,10 +48,10 @@ def test_token_commands_create_list_revoke(tmp_path: Path, model_root: Path, mon
 
 def test_serve_runs_the_service_until_sigterm(tmp_path: Path, model_root: Path) -> None:
     env = os.environ | env_for(tmp_path, model_root)
-    token = subprocess.run([sys.executable, "-m", "server.cli", "token", "create", "--role", "operator", "--name",
+    token = subprocess.run([sys.executable, "-m", "aegle.cli", "token", "create", "--role", "operator", "--name",
                             "ops"], env=env, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "aegle.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -78,7 +78,7 @@ def test_serve_runs_the_service_until_sigterm(tmp_path: Path, model_root: Path) 
 
 def test_serve_refuses_the_watch_mode_without_a_dicomweb_pacs(tmp_path: Path, model_root: Path) -> None:
     env = os.environ | env_for(tmp_path, model_root)
-    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", str(free_port()), "--watch"],
+    done = subprocess.run([sys.executable, "-m", "aegle.cli", "serve", "--port", str(free_port()), "--watch"],
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "set AEGLE_PACS__DICOMWEB_URL" in output, output

@@ -25,11 +25,11 @@ import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
 
+from core.settings import PacsSettings
 from server.api.images import png_text
 from server.inference import InferenceEngine
 from server.pacs import DicomWebStore
 from server.pacs.dicomweb import decode_multipart, encode_multipart
-from server.settings import PacsSettings
 from tests.api_support import (
     PATIENT,
     LiveServer,

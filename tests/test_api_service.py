@@ -23,10 +23,10 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from pydantic import SecretStr
 
+from core.settings import MqttSettings
 from server.api.images import png_text
 from server.api.tokens import ROLES
 from server.inference import InferenceEngine
-from server.settings import MqttSettings
 from tests.api_support import (
     PATIENT,
     LiveServer,

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 from bench.enhancer_speed import count_flops, run_benchmark
+from core.context import CONTEXT_SIZE
 from gan.models.enhancer import ContextEnhancer
-from sensors.context import CONTEXT_SIZE
 
 
 def test_flop_count_matches_hand_count() -> None:

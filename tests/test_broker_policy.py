@@ -1,4 +1,4 @@
-"""The broker policy (sensors.accounts) on a real Mosquitto: what each kind of account may publish and subscribe to.
+"""The broker policy (core.accounts) on a real Mosquitto: what each kind of account may publish and subscribe to.
 
 ``MAY`` lists, per kind of account, the topics of ``TOPICS`` it may publish on and the filters of ``FILTERS`` it may
 subscribe to; everything else in those lists must be refused with reason code 0x87 (MQTT v5 PUBACK at QoS 1,
@@ -19,8 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sensors import topics
-from sensors.accounts import (
+from aegle.localservices import LOOPBACK, Mosquitto
+from core import topics
+from core.accounts import (
     SERVICE_ACCOUNTS,
     Account,
     Grants,
@@ -31,10 +32,9 @@ from sensors.accounts import (
     mosquitto_dynsec_config,
     service,
 )
+from core.vitals import Observation, VitalsMessage
 from sensors.publisher import MqttPublisher
-from sensors.vitals import Observation, VitalsMessage
 from server.ingest import IngestWorker
-from server.localservices import LOOPBACK, Mosquitto
 from server.store import open_store
 from tests.support import V2, ingest_settings, wait_for
 
@@ -48,7 +48,7 @@ ACCOUNTS = {
     "harness": service("aegle-test"),
     "broker-admin": service("aegle-broker-admin"),
 }
-# What sensors.accounts grants, written out: a change to the policy has to change this table too.
+# What core.accounts grants, written out: a change to the policy has to change this table too.
 GRANTS = {
     "device": Grants(("aegle/v1/ward-1/mon-1/vitals",), ()),
     "edge": Grants(("aegle/v1/ward-1/edge-1/dicom/+/+",), ()),

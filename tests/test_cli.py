@@ -10,16 +10,16 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sensors import topics
-from sensors.accounts import device
-from sensors.vitals import Sample, parse_vitals, to_ms
-from server.localservices import Mosquitto
+from aegle.localservices import Mosquitto
+from core import topics
+from core.accounts import device
+from core.vitals import Sample, parse_vitals, to_ms
 from server.store.sqlite import SQLiteStore
 from tests.support import Collector, wait_for
 
 
 def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "aegle.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from sensors.context import (
+from core.context import (
     CONTEXT_FIELDS,
     CONTEXT_SIZE,
     ContextCache,
@@ -16,7 +16,7 @@ from sensors.context import (
     context_from_series,
     series_from_samples,
 )
-from sensors.vitals import Sample, to_ms
+from core.vitals import Sample, to_ms
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

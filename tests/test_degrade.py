@@ -10,6 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from skimage import data
 
+from core.context import context_from_series
 from gan.degrade import (
     MAPPING,
     DegradationParams,
@@ -19,7 +20,6 @@ from gan.degrade import (
     paired,
     params_from_context,
 )
-from sensors.context import context_from_series
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "degradation.md"
 CAMERA_RANGE = (0.0, 255.0)

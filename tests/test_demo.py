@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pydicom
 
-from sensors.context import context_at
-from server.localservices import loopback_only_network
+from aegle.localservices import loopback_only_network
+from core.context import context_at
 from server.store.sqlite import SQLiteStore
 from tests.dicom_support import dciodvfy
 
@@ -22,7 +22,7 @@ from tests.dicom_support import dciodvfy
 def test_demo_shows_the_whole_system(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "demo", "--duration", "8", "--patients", "2", "--workdir", str(workdir)],
+        [sys.executable, "-m", "aegle.cli", "demo", "--duration", "8", "--patients", "2", "--workdir", str(workdir)],
         capture_output=True, text=True, timeout=150, env={**os.environ, "AEGLE_INFERENCE__THREADS": "1"},
     )
     out = done.stdout

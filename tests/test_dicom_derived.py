@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from server.dicom import (
+from server.study import (
     bicubic,
     derived_series,
     encode,
@@ -20,8 +20,8 @@ from server.dicom import (
     read_instance,
     to_model_space,
 )
-from server.dicom.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.dicom.pixels import unplanes
+from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
+from server.study.pixels import unplanes
 from tests.dicom_support import assert_dciodvfy_clean, dciodvfy, pydicom_data_file, pydicom_file, random_enhancer
 
 MR700 = sorted((pydicom_file("dicomdirtests/98892003/MR700")).iterdir())  # one real 7-slice MR series

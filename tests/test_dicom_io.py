@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from server.dicom import (
+from server.study import (
     DicomInputError,
     acquisition_time,
     bicubic,
@@ -20,7 +20,7 @@ from server.dicom import (
     supported_syntaxes,
     to_model_space,
 )
-from server.dicom.pixels import planes, unplanes
+from server.study.pixels import planes, unplanes
 from tests.dicom_support import pydicom_data_file, pydicom_file
 
 MAX_PIXELS = 4096 * 4096

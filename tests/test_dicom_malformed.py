@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from server.dicom import (
+from server.study import (
     DicomInputError,
     bicubic,
     derived_series,
@@ -28,7 +28,7 @@ from server.dicom import (
     read_instance,
     to_model_space,
 )
-from server.dicom.pixels import unplanes
+from server.study.pixels import unplanes
 from tests.dicom_support import pydicom_data_file, pydicom_file
 
 MAX_PIXELS = 4096 * 4096

@@ -20,10 +20,10 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from edge.node import EdgeNode
-from sensors import topics
-from sensors.accounts import edge, grants
-from sensors.dicom_transfer import (
+from aegle.localservices import Mosquitto, free_port
+from core import topics
+from core.accounts import MOSQUITTO_POLICY, edge, grants
+from core.dicom_chunks import (
     BROKER_MAX_PACKET_BYTES,
     MAX_CHUNK_BYTES,
     TransferManifest,
@@ -33,10 +33,10 @@ from sensors.dicom_transfer import (
     parse_manifest,
     verify_chunk,
 )
+from core.settings import EdgeSettings, MqttSettings, TransferSettings
+from edge.node import EdgeNode
 from sensors.publisher import MqttPublisher
-from server.dicom_transfer import DirectorySink, TransferAssembler, TransferInfo
-from server.localservices import POLICY, Mosquitto, free_port
-from server.settings import EdgeSettings, MqttSettings, TransferSettings
+from server.study.assembly import DirectorySink, TransferAssembler, TransferInfo
 from tests.support import Collector, wait_for
 
 SITE = "site-1"
@@ -150,7 +150,7 @@ def test_manifest_validation_and_chunk_checksums() -> None:
 
 def test_largest_chunk_fits_the_broker_packet_limit(broker: Mosquitto) -> None:
     """The policy's max_packet_size is the constant the chunk size derives from, and a largest chunk gets through."""
-    limit = re.search(r"^max_packet_size (\d+)$", POLICY.read_text(), re.M)
+    limit = re.search(r"^max_packet_size (\d+)$", MOSQUITTO_POLICY.read_text(), re.M)
     assert limit is not None and int(limit.group(1)) == BROKER_MAX_PACKET_BYTES
     long_site = "s" * 64
     broker.add_accounts([edge("edge-a", long_site)])
@@ -303,7 +303,7 @@ def start_assembler_process(broker: Mosquitto, tmp_path: Path, worker_id: str) -
     env.update({"AEGLE_MQTT__HOST": "127.0.0.1", "AEGLE_MQTT__PORT": str(broker.port),
                 "AEGLE_MQTT__USERNAME": "aegle-server", "AEGLE_MQTT__PASSWORD": broker.users["aegle-server"],
                 "AEGLE_LOG_LEVEL": "WARNING"})
-    cmd = [sys.executable, "-m", "server.dicom_transfer", "--worker-id", worker_id,
+    cmd = [sys.executable, "-m", "server.study.assembly", "--worker-id", worker_id,
            "--staging", str(tmp_path / "staging"), "--deliver-dir", str(tmp_path / "delivered")]
     return subprocess.Popen(cmd, env=env)
 

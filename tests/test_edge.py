@@ -19,16 +19,16 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage, MRImageStorage
 
+from aegle.localservices import Mosquitto, free_port
+from core import topics
+from core.accounts import edge
+from core.dicom_chunks import TransferManifest, chunk_properties, new_manifest
+from core.settings import EdgeSettings
 from edge.forwarder import Forwarder
 from edge.node import EdgeNode
 from edge.outbox import Outbox, OutboxFull, Pending
 from edge.scp import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, StorageSCP
-from sensors import topics
-from sensors.accounts import edge
-from sensors.dicom_transfer import TransferManifest, chunk_properties, new_manifest
 from sensors.publisher import MqttPublisher
-from server.localservices import Mosquitto, free_port
-from server.settings import EdgeSettings
 from tests.dicom_support import pydicom_file
 from tests.support import wait_for
 from tests.test_dicom_transfer import CT, MR, SITE, Received, assembler, c_store, dicom_file, mqtt_as, same_dataset

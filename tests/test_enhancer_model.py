@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from core.context import CONTEXT_SIZE  # noqa: E402
 from gan.metrics import noise_sigma  # noqa: E402
 from gan.models import build  # noqa: E402
 from gan.models.enhancer import (  # noqa: E402
@@ -21,7 +22,6 @@ from gan.models.enhancer import (  # noqa: E402
     NoiseLevelMap,
     ResidualAttentionBlock,
 )
-from sensors.context import CONTEXT_SIZE  # noqa: E402
 
 MAX_PARAMS = 1_500_000
 

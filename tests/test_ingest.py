@@ -23,15 +23,15 @@ from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sensors import topics
-from sensors.accounts import device
-from sensors.context import CONTEXT_FIELDS, SensorContext, context_at
+from aegle.localservices import Mosquitto, VictoriaMetrics, free_port, http_ok
+from core import topics
+from core.accounts import device
+from core.context import CONTEXT_FIELDS, SensorContext, context_at
+from core.settings import Settings, StoreSettings
+from core.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
 from sensors.publisher import DeviceFleet, MqttPublisher
 from sensors.simulator import Faults, Simulator
-from sensors.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
 from server.ingest import IngestWorker, LeanPublishClient, ReadBufferedSocket
-from server.localservices import Mosquitto, VictoriaMetrics, free_port, http_ok
-from server.settings import Settings, StoreSettings
 from server.store import open_store
 from server.store.sqlite import row_counts
 from tests.store_fixtures import flush
@@ -232,7 +232,7 @@ def start_worker_process(settings: Settings, worker_id: str, metrics_port: int |
         "AEGLE_INGEST__SPOOL_PATH": str(settings.ingest.spool_path.with_name(f"spool-{worker_id}.sqlite")),
         "AEGLE_LOG_LEVEL": "WARNING",
     })
-    cmd = [sys.executable, "-m", "server.cli", "ingest", "--worker-id", worker_id]
+    cmd = [sys.executable, "-m", "aegle.cli", "ingest", "--worker-id", worker_id]
     if metrics_port is not None:
         cmd += ["--metrics-port", str(metrics_port)]
     return subprocess.Popen(cmd, env=env)

@@ -1,4 +1,4 @@
-"""server.logsafety: no DICOM header value reaches the log through third-party loggers or warnings; Aegle's own
+"""core.logsafety: no DICOM header value reaches the log through third-party loggers or warnings; Aegle's own
 messages pass unchanged. The leaks are real pydicom test files with real corruption, read by the real reader in a
 process set up exactly like the CLIs (``configure_logging``)."""
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from server.dicom import DicomInputError, read_instance
-from server.logsafety import ThirdPartyValuesFilter
+from core.logsafety import ThirdPartyValuesFilter
+from server.study import DicomInputError, read_instance
 from tests.dicom_support import pydicom_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,8 @@ def test_a_cli_process_logs_no_header_values_and_its_own_messages_unchanged(tmp_
     script = textwrap.dedent(f"""
         import logging
         from pathlib import Path
-        from server.dicom import DicomInputError, read_instance
-        from server.logsafety import configure_logging
+        from server.study import DicomInputError, read_instance
+        from core.logsafety import configure_logging
 
         configure_logging("debug")
         logging.getLogger("aegle.pipeline").info("series processed: status=%s uid=%s", "ok", "1.2.3.4")
@@ -82,7 +82,7 @@ def test_a_cli_process_logs_no_header_values_and_its_own_messages_unchanged(tmp_
             try:
                 raise ValueError("id00001")  # third-party text: withheld
             except ValueError as exc:
-                from server.dicom import derived_series
+                from server.study import derived_series
 
                 derived_series([None], [], scale=2, model_name="m", model_version="1", context=None,
                                description="d")  # Aegle's own ValueError: its message is kept

@@ -1,4 +1,4 @@
-"""server.localservices.Orthanc: a real Orthanc, only inside a loopback-only network namespace, auth on."""
+"""aegle.localservices.Orthanc: a real Orthanc, only inside a loopback-only network namespace, auth on."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.localservices import Orthanc, network_interfaces
+from aegle.localservices import Orthanc, network_interfaces
 
 
 def test_start_is_refused_in_a_namespace_with_another_interface(tmp_path: Path) -> None:
     # A nested private namespace with a veth pair stands for "not loopback only" without touching the host's
     # network: even if the refusal were broken, the Orthanc started there could reach nothing.
     script = textwrap.dedent(f"""
-        from server.localservices import Orthanc, network_interfaces
+        from aegle.localservices import Orthanc, network_interfaces
         print("interfaces", network_interfaces())
         try:
             with Orthanc({str(tmp_path / "orthanc")!r}):

@@ -25,9 +25,9 @@ import pydicom
 import pytest
 from PIL import Image
 
+from aegle.localservices import free_port
+from core.settings import ApiSettings
 from server.api.tokens import TokenStore
-from server.localservices import free_port
-from server.settings import ApiSettings
 from tests.api_support import png_bytes
 from tests.dicom_support import pydicom_file
 
@@ -78,7 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     log_path = work / "serve.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "aegle.cli", "serve", "--port", str(port)], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     running = Server(proc, port, tokens, log_path)
     try:

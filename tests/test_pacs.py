@@ -16,11 +16,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from server.localservices import Orthanc
+from aegle.localservices import Orthanc
+from core.settings import PacsSettings
 from server.pacs import DicomWebStore, OrthancWatcher, PacsError, watcher_for
 from server.pacs.dicomweb import encode_instance
 from server.pacs.errors import checked_request
-from server.settings import PacsSettings
 from tests.dicom_support import pydicom_data_file, pydicom_file
 from tests.support import wait_for
 
@@ -310,12 +310,12 @@ def test_a_corrupt_state_file_is_an_error_not_a_fresh_start(orthanc: Orthanc, tm
 def test_watch_mode_enhances_stores_back_and_never_re_enhances_its_output(
     orthanc: Orthanc, pacs: DicomWebStore, tmp_path: Path
 ) -> None:
+    from core.context import context_at
     from gan.triage import TRIAGE_CLASSES, interpret
-    from sensors.context import context_at
-    from server.dicom import bicubic, is_aegle_output
     from server.inference import EnhanceOutput
-    from server.pipeline import StudyPipeline
     from server.store.sqlite import SQLiteStore
+    from server.study import bicubic, is_aegle_output
+    from server.study.pipeline import StudyPipeline
 
     def enhance(images: np.ndarray, context: np.ndarray | None) -> EnhanceOutput:
         # Bicubic ×2, a real model-free enhancer: what is under test is the PACS plumbing, not a model.

@@ -16,13 +16,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from sensors.context import context_at
-from sensors.vitals import Sample, to_ms
-from server.dicom.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.localservices import Mosquitto, Orthanc
+from aegle.localservices import Mosquitto, Orthanc
+from core.context import context_at
+from core.vitals import Sample, to_ms
 from server.pacs import DicomWebStore, PacsError
-from server.pipeline import MqttResultPublisher, PacsStore, StudyPipeline, TriageFn
 from server.store.sqlite import SQLiteStore
+from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
+from server.study.pipeline import MqttResultPublisher, PacsStore, StudyPipeline, TriageFn
 from tests.dicom_support import assert_dciodvfy_clean, dciodvfy, pydicom_file, random_enhancer
 from tests.support import V2, Collector, wait_for
 

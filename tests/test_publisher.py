@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from sensors import topics
-from sensors.accounts import device
+from aegle.localservices import LOOPBACK, Mosquitto, free_port
+from core import topics
+from core.accounts import device
+from core.vitals import parse_vitals
 from sensors.publisher import DeviceFleet, MqttConnectError, MqttPublisher
 from sensors.simulator import Faults, Simulator, run
-from sensors.vitals import parse_vitals
-from server.localservices import LOOPBACK, Mosquitto, free_port
 
 SITE = "ward-1"
 OBSERVER = "aegle-test"  # the test harness account: may watch every vitals topic

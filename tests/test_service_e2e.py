@@ -28,22 +28,12 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from sensors import topics
-from sensors.accounts import device, edge
-from sensors.context import context_at
-from sensors.dicom_transfer import chunk_properties, new_manifest
-from sensors.publisher import MqttPublisher
-from sensors.vitals import AEGLE_CODES, Observation, VitalsMessage
-from server.dicom.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.dicom_transfer import TransferInfo
-from server.inference import InferenceEngine
-from server.ingest import IngestWorker
-from server.localservices import Mosquitto, Orthanc, free_port
-from server.pacs import DicomWebStore
-from server.pacs.dicomweb import encode_instance, encode_multipart
-from server.pipeline import StudyPipeline
-from server.service import AegleService, SeriesCollector
-from server.settings import (
+from aegle.localservices import Mosquitto, Orthanc, free_port
+from core import topics
+from core.accounts import device, edge
+from core.context import context_at
+from core.dicom_chunks import chunk_properties, new_manifest
+from core.settings import (
     EdgeSettings,
     InferenceSettings,
     MqttSettings,
@@ -51,7 +41,17 @@ from server.settings import (
     StoreSettings,
     TransferSettings,
 )
+from core.vitals import AEGLE_CODES, Observation, VitalsMessage
+from sensors.publisher import MqttPublisher
+from server.inference import InferenceEngine
+from server.ingest import IngestWorker
+from server.pacs import DicomWebStore
+from server.pacs.dicomweb import encode_instance, encode_multipart
+from server.service import AegleService, SeriesCollector
 from server.store import open_store
+from server.study.assembly import TransferInfo
+from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
+from server.study.pipeline import StudyPipeline
 from tests.api_support import LiveServer, inference_settings, service_settings
 from tests.dicom_support import dciodvfy, pydicom_file
 from tests.support import Collector, ingest_settings, wait_for
@@ -60,7 +60,7 @@ SITE = "site-e2e"
 WARD = "ward-e2e"
 MR700 = sorted(pydicom_file("dicomdirtests/98892003/MR700").iterdir())  # one real 7-slice MR series
 CT = pydicom_file("CT_small.dcm")
-USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # service accounts (grants: sensors.accounts)
+USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # service accounts (grants: core.accounts)
 DEVICE, EDGE = "mon-e2e", "edge-e2e"  # a bedside monitor at WARD and an edge node at SITE: each publishes as itself
 # dciodvfy errors the sources already have (as sent, with new UIDs): MR700 lacks the Type 2C Laterality; the derived
 # series writes it (empty: unknown), so derived objects must have no error at all. CT_small has none.

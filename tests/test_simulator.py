@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sensors import topics
+from core import topics
+from core.vitals import BY_CODE, VitalsRejected, parse_vitals
 from sensors.simulator import DEVICE_REJECT_REASONS, Faults, Outgoing, Simulator, run
-from sensors.vitals import BY_CODE, VitalsRejected, parse_vitals
 
 START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sensors.vitals import Sample
-from server.localservices import LOOPBACK, VictoriaMetrics, free_port
-from server.settings import StoreSettings
+from aegle.localservices import LOOPBACK, VictoriaMetrics, free_port
+from core.settings import StoreSettings
+from core.vitals import Sample
 from server.store import BufferedStore, Spool, SpoolFull, StoreUnavailable, VitalsStore, open_store
 from server.store.influx import InfluxStore, line_protocol, vm_time
 from server.store.sqlite import SQLiteStore

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.settings import InferenceSettings
 from gan.models import build
 from gan.registry import load_model
 from server.inference import ENHANCER, ImageTooLarge, InferenceEngine
 from server.inference.tiling import receptive_radius, tiles
-from server.settings import InferenceSettings
 
 
 @pytest.mark.parametrize("height", [1, 63, 64, 65, 200, 513, 1000])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.context import CHANNELS, CONTEXT_FIELDS, CONTEXT_SIZE
 from gan import data, metrics
 from gan.losses import (
     LOSSES,
@@ -34,7 +35,6 @@ from gan.train import (
     train_enhancer,
     training_splits,
 )
-from sensors.context import CHANNELS, CONTEXT_FIELDS, CONTEXT_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sensors import topics
-from sensors.simulator import Faults, Simulator
-from sensors.vitals import (
+from core import topics
+from core.vitals import (
     BY_CODE,
     MAX_PAST_AGE,
     MAX_PAYLOAD_BYTES,
@@ -24,6 +23,7 @@ from sensors.vitals import (
     parse_vitals,
     to_samples,
 )
+from sensors.simulator import Faults, Simulator
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.context import CONTEXT_SIZE
 from gan.bicubic import PAD, phase_taps
 from gan.metrics import IMMERKAER_MASK, IMMERKAER_SCALE
-from sensors.context import CONTEXT_SIZE
 
 SCALES: tuple[int, ...] = (1, 2, 4)
 UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
@@ -262,7 +262,7 @@ class ContextEnhancer(nn.Module):
     """Super-resolution + denoising generator conditioned on the sensor context.
 
     Input: ``x`` float N×C×H×W in [0, 1] — the caller windows / normalises 12/16-bit, HU or 8-bit data first
-    (and maps back afterwards); ``context`` N×``context_size`` (:data:`sensors.context.CONTEXT_SIZE`) or
+    (and maps back afterwards); ``context`` N×``context_size`` (:data:`core.context.CONTEXT_SIZE`) or
     None, which means zeros ("no context": every vital missing — what the blind baseline gets).
     Output: N×C×(scale·H)×(scale·W) = bicubic(x) + learned residual, not clamped unless ``clamp=True``.
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.settings import Settings
 from server.api import images
 from server.api.audit import AuditLog
 from server.api.deps import ApiMetrics, ServiceState
@@ -25,7 +26,6 @@ from server.api.routes import admin, dicom, enhance, health, models, patients, s
 from server.api.studylog import StudyLog
 from server.api.tokens import TokenStore
 from server.inference import ImageTooLarge, InferenceEngine, ModelMissing, QueueFull
-from server.settings import Settings
 
 log = logging.getLogger("aegle.api")
 
@@ -154,7 +154,7 @@ def create_app(
 ) -> FastAPI:
     """The service. ``engine`` None: built from ``settings.inference`` at start-up (and closed at shutdown).
 
-    ``pipeline`` (``server.pipeline.StudyPipeline``) serves DICOM input; ``pacs`` (``server.pacs.DicomWebStore``,
+    ``pipeline`` (``server.study.pipeline.StudyPipeline``) serves DICOM input; ``pacs`` (``server.pacs.DicomWebStore``,
     default: from ``settings.pacs.dicomweb_url``) is where derived series go and what ``/readyz`` probes.
     """
     settings = settings or Settings()

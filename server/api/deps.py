@@ -11,11 +11,11 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from core.settings import Settings
 from server.api.audit import AuditLog
 from server.api.studylog import StudyLog
 from server.api.tokens import Principal, TokenStore
 from server.inference import InferenceEngine
-from server.settings import Settings
 from server.store import VitalsStore
 
 _bearer = HTTPBearer(auto_error=False, description="API token (`aegle token create --role ROLE --name NAME`)")
@@ -58,7 +58,7 @@ class ServiceState:
     studies: StudyLog
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     store: VitalsStore | None = None
-    pipeline: Any = None  # server.pipeline.StudyPipeline
+    pipeline: Any = None  # server.study.pipeline.StudyPipeline
     pacs: Any = None  # server.pacs.DicomWebStore
     gan_generators: Any = None  # hybrid-GAN stages, loaded on the first synthesis
     engine_error: str | None = None

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from core.durable import durable_file
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -130,16 +132,12 @@ class OnnxBackend:
         if path.is_file():
             return path
         cases = parity_inputs(input_names, card.input.context_size, card.input.channels)
-        staging = path.with_name(f".{path.name}.unchecked")
-        with warnings.catch_warnings():  # the architectures' eager-only shape checks are constants when traced
-            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
-            export_onnx(model, cases[0], staging, input_names, ["output"])
-        try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with durable_file(path) as staging:  # published only once the parity check passed
+            with warnings.catch_warnings():  # the architectures' eager-only shape checks are constants when traced
+                warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+                export_onnx(model, cases[0], staging, input_names, ["output"])
             report = parity(model, staging, cases)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
-        staging.replace(path)
         log.info("exported %s to %s (parity max abs error %.2e)", card.name, path, report.max_abs_error)
         return path
 

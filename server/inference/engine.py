@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from core.settings import InferenceSettings
 from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
 from server.inference.batcher import MicroBatcher, QueueFull
 from server.inference.tiling import paste, receptive_radius, tiles
-from server.settings import InferenceSettings
 
 if TYPE_CHECKING:
     from torch import nn

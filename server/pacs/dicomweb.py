@@ -17,11 +17,11 @@ import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from server.dicom import DicomEncodingError, encode
 from server.pacs.errors import OUT_OF_RESOURCES, PacsError, checked_request, raise_for_status
+from server.study import DicomEncodingError, encode
 
 if TYPE_CHECKING:
-    from server.settings import PacsSettings
+    from core.settings import PacsSettings
 
 DICOM_JSON = "application/dicom+json"
 _REFERENCED_SOP_SEQUENCE = "00081199"
@@ -66,7 +66,7 @@ def decode_multipart(body: bytes, content_type: str) -> list[bytes]:
 
 
 def encode_instance(ds: pydicom.Dataset) -> bytes:
-    """A dataset as a DICOM Part 10 file (:func:`server.dicom.encode`); one that cannot be encoded is a permanent
+    """A dataset as a DICOM Part 10 file (:func:`server.study.encode`); one that cannot be encoded is a permanent
     :class:`PacsError` raised before anything is sent."""
     try:
         return encode(ds)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +25,14 @@ import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from server.dicom import is_aegle_output
+from core.durable import replace_durably
 from server.pacs.dicomweb import DicomWebStore
 from server.pacs.errors import PacsError, checked_request
+from server.study import is_aegle_output
 
 if TYPE_CHECKING:
-    from server.pipeline import StudyPipeline
-    from server.settings import PacsSettings, Settings
+    from core.settings import PacsSettings, Settings
+    from server.study.pipeline import StudyPipeline
 
 log = logging.getLogger("aegle.pacs.watch")
 
@@ -60,17 +60,8 @@ class WatchState:
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves the old or the new state, never a torn one."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w") as out:
-            json.dump({"last_change": self.last_change, "retries": self.retries, "given_up": self.given_up}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        state = {"last_change": self.last_change, "retries": self.retries, "given_up": self.given_up}
+        replace_durably(path, json.dumps(state).encode())
 
 
 @dataclass
@@ -286,7 +277,7 @@ def enhance_series(pacs: DicomWebStore, pipeline: StudyPipeline) -> Callable[[st
     """The watch callback: fetch a series with WADO-RS and run it through the pipeline (which stores it back).
 
     The files go in as bytes, so the pipeline reads each one with the same checks as any other input
-    (``server.dicom.read_instance``): a corrupt instance in the PACS fails alone with its reason.
+    (``server.study.read_instance``): a corrupt instance in the PACS fails alone with its reason.
 
     Raises when the PACS cannot be read, or when nothing was stored and some failure is retryable; a series with
     only permanent failures (recorded in the pipeline's result event) is not retried.

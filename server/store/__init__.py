@@ -1,11 +1,11 @@
 """Vitals time-series storage: embedded SQLite or an InfluxDB-protocol server, plus a durable spool.
 
-``open_store(settings)`` picks the backend named by :class:`server.settings.StoreSettings`.
+``open_store(settings)`` picks the backend named by :class:`core.settings.StoreSettings`.
 """
 
 from __future__ import annotations
 
-from server.settings import StoreSettings
+from core.settings import StoreSettings
 from server.store.base import StoreUnavailable, VitalsStore
 from server.store.spool import BufferedStore, Spool, SpoolFull
 

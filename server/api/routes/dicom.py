@@ -1,6 +1,6 @@
 """DICOM input: enhance one instance or a series (returns the derived DICOM), and DICOMweb STOW-RS.
 
-Both go through :class:`server.pipeline.StudyPipeline` (context at acquisition time → triage → enhancer →
+Both go through :class:`server.study.pipeline.StudyPipeline` (context at acquisition time → triage → enhancer →
 derived series → PACS). With a PACS configured the derived series is stored there; without one it is only
 returned to the caller (:class:`CallerOnly`). Every series is recorded in the study log and the metrics.
 """
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
-from sensors.context import SensorContext, context_at
+from core.context import SensorContext, context_at
 from server.api import images
 from server.api.deps import (
     ServiceState,
@@ -33,11 +33,11 @@ from server.api.deps import (
 )
 from server.api.routes.patients import vitals_store
 from server.api.tokens import Principal
-from server.dicom import DicomInputError, read_instance
 from server.inference import InferenceEngine
 from server.pacs.dicomweb import decode_multipart, encode_instance, encode_multipart
 from server.pacs.errors import PacsError
-from server.pipeline import ResultPublisher, SeriesResult, StudyPipeline
+from server.study import DicomInputError, read_instance
+from server.study.pipeline import ResultPublisher, SeriesResult, StudyPipeline
 
 router = APIRouter(tags=["dicom"])
 DICOM_ROLES = ("clinician", "operator")

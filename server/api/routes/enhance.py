@@ -71,7 +71,7 @@ async def classify(
     data = await read_body(request)
     st = state(request)
     if data[128:132] == b"DICM":  # a DICOM Part 10 file: its middle frame, mapped as the pipeline maps it
-        from server.dicom import DicomInputError, read_instance, to_model_space
+        from server.study import DicomInputError, read_instance, to_model_space
 
         try:
             ds = read_instance(data, max_pixels=st.settings.api.max_pixels)

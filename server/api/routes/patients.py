@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from sensors.context import SensorContext, context_at
-from sensors.vitals import from_ms, to_ms
+from core.context import SensorContext, context_at
+from core.vitals import from_ms, to_ms
 from server.api.deps import ServiceState, api_error, audit, require, state
 from server.api.tokens import Principal
 from server.store import StoreUnavailable, VitalsStore, open_store
@@ -67,7 +67,7 @@ def patient_context(st: ServiceState, patient_id: str, at: datetime) -> SensorCo
 
 def applied_context(ctx: SensorContext) -> dict[str, Any]:
     """What the enhancer was given, without the patient id (as the pipeline reports it): summary + vector."""
-    from server.dicom import context_summary
+    from server.study import context_summary
 
     return context_summary(ctx) | {"vector": [round(float(v), 6) for v in ctx.vector]}
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from pydicom.dataset import Dataset
 
-from sensors import topics
-from server.dicom import (
+from core import topics
+from server.study import (
     DicomEncodingError,
     DicomInputError,
     ModelImage,
@@ -35,13 +35,13 @@ from server.dicom import (
     read_instance,
     to_model_space,
 )
-from server.dicom.pixels import unplanes
+from server.study.pixels import unplanes
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
+    from core.context import SensorContext
     from gan.triage import TriageResult
-    from sensors.context import SensorContext
     from server.inference import EnhanceOutput
 
 log = logging.getLogger("aegle.pipeline")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sensors.vitals import BY_CODE, Sample, VitalSign, from_ms, to_ms
+from core.vitals import BY_CODE, Sample, VitalSign, from_ms, to_ms
 
 CHANNELS: tuple[str, ...] = (
     "heart_rate",

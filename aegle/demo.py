@@ -5,7 +5,7 @@
    messages, dropouts). A viewer subscribed to the retained context topics prints every patient's live context.
 2. Imaging: two real studies from the packaged test data (a CT and a multi-slice MR) are copied, assigned to two
    simulated patients with acquisition times inside the monitoring window, and run through the real
-   :class:`~server.pipeline.StudyPipeline` with the shipped models: context at acquisition time from the store,
+   :class:`~server.study.pipeline.StudyPipeline` with the shipped models: context at acquisition time from the store,
    triage, enhancement, derived series. The derived series are written to ``<workdir>/derived/`` and checked
    with ``dciodvfy``; inside a loopback-only network namespace (``scripts/demo``) they are also stored into a
    real Orthanc over DICOMweb. Result events go out on the demo's broker and the viewer prints them.
@@ -34,13 +34,7 @@ import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 
-from sensors import topics
-from sensors.accounts import device
-from sensors.context import SensorContext, context_at
-from sensors.publisher import DeviceFleet
-from sensors.simulator import Faults, Simulator, run
-from server.ingest import IngestWorker
-from server.localservices import (
+from aegle.localservices import (
     LOOPBACK,
     ORTHANC_DICOMWEB_PLUGIN,
     Mosquitto,
@@ -49,10 +43,16 @@ from server.localservices import (
     network_interfaces,
     require,
 )
+from core import topics
+from core.accounts import device
+from core.context import SensorContext, context_at
+from core.settings import ContextSettings, IngestSettings, MqttSettings, Settings, StoreSettings
+from sensors.publisher import DeviceFleet
+from sensors.simulator import Faults, Simulator, run
+from server.ingest import IngestWorker
 from server.pacs import DicomWebStore, PacsError
-from server.pipeline import MqttResultPublisher, SeriesResult, StudyPipeline
-from server.settings import ContextSettings, IngestSettings, MqttSettings, Settings, StoreSettings
 from server.store import open_store
+from server.study.pipeline import MqttResultPublisher, SeriesResult, StudyPipeline
 
 if TYPE_CHECKING:
     from server.inference import InferenceEngine
@@ -172,7 +172,7 @@ class DemoPacs:
 
 def dciodvfy_counts(paths: Sequence[Path]) -> tuple[int, int] | None:
     """Total (errors, warnings) dicom3tools' ``dciodvfy`` reports for the files; None when it is not installed."""
-    from server.dicom.validate import dciodvfy
+    from aegle.dicomcheck import dciodvfy
 
     errors = warnings = 0
     try:
@@ -218,7 +218,7 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
     """Run the demo (vitals for ``duration_s`` seconds, then imaging); returns a process exit code."""
     from server.inference import InferenceEngine  # lazy: torch and ONNX Runtime load in the background below
 
-    for chatty in ("httpx", "server.pipeline"):  # INFO lines per request / series would bury the demo's output
+    for chatty in ("httpx", "server.study.pipeline"):  # INFO lines per request / series would bury the demo's output
         logging.getLogger(chatty).setLevel(logging.WARNING)
     workdir = Path(workdir)
     shutil.rmtree(workdir, ignore_errors=True)  # each run starts clean, so running it twice is safe

@@ -1,6 +1,6 @@
 """Server side of DICOM over MQTT: chunks from edge nodes → on-disk staging → verified instance → ``on_instance``.
 
-The contract (topics, manifest, checksums, chunk size) is :mod:`sensors.dicom_transfer`; the edge side is
+The contract (topics, manifest, checksums, chunk size) is :mod:`core.dicom_chunks`; the edge side is
 :mod:`edge.forwarder`. Guarantees, in the manner of :mod:`server.ingest`:
 
 * MQTT v5 subscription ``aegle/v1/{site}/+/dicom/+/+``, QoS 1, fixed client id ``aegle-{worker_id}``, persistent
@@ -46,9 +46,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
-from edge.outbox import fsync_dir, write_durably
-from sensors import topics
-from sensors.dicom_transfer import (
+from core import topics
+from core.dicom_chunks import (
     BAD_CHUNK,
     BAD_MANIFEST,
     CHECKSUM_MISMATCH,
@@ -61,10 +60,11 @@ from sensors.dicom_transfer import (
     parse_manifest,
     verify_chunk,
 )
-from sensors.vitals import dumps_compact
-from server.logsafety import configure_logging
-from server.mqttsession import PersistentSubscriber, broker_confirmed
-from server.settings import MqttSettings, TransferSettings
+from core.durable import fsync_dir, replace_durably, write_durably
+from core.logsafety import configure_logging
+from core.mqtt import PersistentSubscriber, broker_confirmed
+from core.settings import MqttSettings, TransferSettings
+from core.vitals import dumps_compact
 
 log = logging.getLogger("aegle.dicom_transfer")
 MANIFEST = "manifest.json"
@@ -267,10 +267,7 @@ class TransferAssembler(PersistentSubscriber):
         return True
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
-        tmp = directory / f"{name}.tmp"
-        write_durably(tmp, data)
-        tmp.replace(directory / name)
-        fsync_dir(directory)
+        replace_durably(directory / name, data)
         self.staged_bytes += len(data)
 
     @staticmethod
@@ -404,9 +401,7 @@ class DirectorySink:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, data: bytes, info: TransferInfo) -> None:
-        tmp = self.path / f"{info.transfer_id}.dcm.tmp"
-        write_durably(tmp, data)
-        tmp.replace(self.path / f"{info.transfer_id}.dcm")
+        replace_durably(self.path / f"{info.transfer_id}.dcm", data)
         with (self.path / "deliveries.jsonl").open("a") as log_file:
             log_file.write(json.dumps(asdict(info), default=str) + "\n")
             log_file.flush()
@@ -415,12 +410,12 @@ class DirectorySink:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m server.dicom_transfer``: run an assembler that files instances into ``--deliver-dir``."""
-    from server.settings import Settings
+    """``python -m server.study.assembly``: run an assembler that files instances into ``--deliver-dir``."""
+    from core.settings import Settings
 
     settings = Settings()
     defaults = settings.dicom_transfer  # AEGLE_DICOM_TRANSFER__* / the config file; flags override
-    parser = argparse.ArgumentParser(prog="python -m server.dicom_transfer", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m server.study.assembly", description=main.__doc__)
     parser.add_argument("--worker-id", default=defaults.worker_id)
     parser.add_argument("--site", default=defaults.site, help="the site this assembler serves (default: all)")
     parser.add_argument("--staging", type=Path, default=defaults.staging_path)

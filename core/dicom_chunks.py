@@ -1,4 +1,4 @@
-"""DICOM over MQTT: the contract between edge nodes (``edge/``) and the server (``server/dicom_transfer.py``).
+"""DICOM over MQTT: the contract between edge nodes (``edge/``) and the server (``server/study/assembly.py``).
 
 An edge node forwards one DICOM instance (a Part 10 file, bytes unchanged) as one *transfer*:
 
@@ -12,7 +12,7 @@ Everything is published at QoS 1. Chunks may arrive before the manifest, out of 
 redelivery, an edge node resuming after a restart); the receiver assembles by index and verifies both checksums.
 Topics carry no patient data: the transfer id is a random UUID, and the SOP Instance UID travels in the manifest.
 
-Chunk size: Mosquitto refuses any packet larger than ``max_packet_size`` (``server/mosquitto-policy.conf``:
+Chunk size: Mosquitto refuses any packet larger than ``max_packet_size`` (``core/mosquitto-policy.conf``:
 262 144 bytes; ``message_size_limit`` is its deprecated predecessor and limits the payload alone). A PUBLISH packet
 is the payload plus its fixed header (≤ 5 bytes), the topic (≤ 220 bytes here), the packet id and the properties
 (the ``sha256`` user property is 77 bytes), so a 256 KiB payload would be refused. The default and largest chunk
@@ -32,11 +32,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sensors import topics
+from core import topics
 
 SCHEMA = "aegle.dicom-transfer/1"
 CONTENT_TYPE = "application/dicom"
-#: Mosquitto's ``max_packet_size`` in ``server/mosquitto-policy.conf`` (a test checks they agree).
+#: Mosquitto's ``max_packet_size`` in ``core/mosquitto-policy.conf`` (a test checks they agree).
 BROKER_MAX_PACKET_BYTES = 262_144
 #: Room left in a packet for everything but the payload (fixed header, topic, packet id, properties).
 PACKET_HEADER_ALLOWANCE = 4096
@@ -46,7 +46,7 @@ DEFAULT_CHUNK_BYTES = MAX_CHUNK_BYTES
 MAX_MANIFEST_BYTES = 4096
 CHECKSUM_PROPERTY = "sha256"
 
-# Dead-letter reasons of DICOM transfers (the ``{reason}`` level of ``sensors.topics.deadletter``).
+# Dead-letter reasons of DICOM transfers (the ``{reason}`` level of ``core.topics.deadletter``).
 CHECKSUM_MISMATCH = "checksum-mismatch"
 BAD_MANIFEST = "bad-manifest"
 BAD_CHUNK = "bad-chunk"

@@ -5,7 +5,7 @@ See docs/dicom.md for what is read, how pixels are mapped, and every attribute t
 
 from __future__ import annotations
 
-from server.dicom.derived import (
+from server.study.derived import (
     DicomEncodingError,
     acquisition_time,
     context_summary,
@@ -13,8 +13,8 @@ from server.dicom.derived import (
     encode,
     is_aegle_output,
 )
-from server.dicom.pixels import ModelImage, PixelMapping, bicubic, from_model_space, to_model_space
-from server.dicom.reading import DicomInputError, read_instance, supported_syntaxes
+from server.study.pixels import ModelImage, PixelMapping, bicubic, from_model_space, to_model_space
+from server.study.reading import DicomInputError, read_instance, supported_syntaxes
 
 __all__ = [
     "DicomEncodingError",

@@ -34,7 +34,7 @@ from pydicom.valuerep import DA, DT, TM
 from gan.data import lossy_syntaxes
 
 if TYPE_CHECKING:
-    from sensors.context import SensorContext
+    from core.context import SensorContext
 
 MANUFACTURER = "Aegle"
 PRIVATE_GROUP = 0x0071
@@ -312,7 +312,7 @@ def derived_series(
 ) -> list[Dataset]:
     """One derived instance per source (DESIGN §4): new series in the same study, references, equipment, geometry.
 
-    ``enhanced[i]`` are the stored values for ``sources[i]`` (from :func:`server.dicom.from_model_space`),
+    ``enhanced[i]`` are the stored values for ``sources[i]`` (from :func:`server.study.from_model_space`),
     ``context`` a :func:`context_summary` (or None when no vitals were used), ``description`` what was done
     (goes into DerivationDescription and the Contributing Equipment item).
     """

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from sensors.dicom_transfer import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
-from sensors.vitals import ID_PATTERN
+from core.dicom_chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from core.vitals import ID_PATTERN
 
 
 def read_secret(value: SecretStr | None, path: Path | None) -> str | None:

@@ -25,11 +25,10 @@ from types import TracebackType
 
 import httpx
 
-from sensors import accounts
-from sensors.accounts import Account
+from core import accounts
+from core.accounts import Account
 
 LOOPBACK = "127.0.0.1"
-POLICY = Path(__file__).with_name("mosquitto-policy.conf")
 
 
 def free_port() -> int:
@@ -130,9 +129,9 @@ class Mosquitto(LocalService):
     """A Mosquitto broker with Aegle's policy (``mosquitto-policy.conf``) and its accounts.
 
     Logins and topic grants are Mosquitto's dynamic-security plugin, configured from the accounts registered here
-    (:mod:`sensors.accounts` says what each may publish and subscribe to; ``users`` maps usernames to passwords).
+    (:mod:`core.accounts` says what each may publish and subscribe to; ``users`` maps usernames to passwords).
     The plugin, not ``acl_file``, because Mosquitto 2.0's ``acl_file`` grants every SUBSCRIBE (see
-    :mod:`sensors.accounts`). Accounts registered while the broker runs are created through the plugin's control
+    :mod:`core.accounts`). Accounts registered while the broker runs are created through the plugin's control
     topic by the ``aegle-broker-admin`` account, which every authenticating broker has. ``service_users`` are
     service accounts registered at once. With ``anonymous=True`` (tests that need it only) no login is required
     and nothing is refused.
@@ -168,7 +167,7 @@ class Mosquitto(LocalService):
         return added
 
     def add_users(self, users: dict[str, str | None] | list[str]) -> dict[str, str]:
-        """Register service accounts by name (:data:`sensors.accounts.SERVICE_ACCOUNTS`); returns their passwords.
+        """Register service accounts by name (:data:`core.accounts.SERVICE_ACCOUNTS`); returns their passwords.
 
         Devices and edge nodes belong to a site: register them with :meth:`add_accounts`.
         """
@@ -212,7 +211,7 @@ class Mosquitto(LocalService):
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
         lines = [
-            POLICY.read_text(),
+            accounts.MOSQUITTO_POLICY.read_text(),
             f"listener {self.port} {LOOPBACK}",
             "log_dest stderr",
             f"persistence_location {self.workdir}/",

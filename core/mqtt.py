@@ -1,4 +1,4 @@
-"""MQTT v5 persistent-session subscriber plumbing shared by :mod:`server.ingest` and :mod:`server.dicom_transfer`.
+"""MQTT v5 persistent-session subscriber plumbing shared by :mod:`server.ingest` and :mod:`server.study.assembly`.
 
 * A fixed client id ``aegle-<worker_id>``, ``clean_start=False`` and a session expiry, so messages published while
   the subscriber is down wait for it in the broker; ``receive_maximum`` bounds the unacknowledged backlog.
@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from server.settings import MqttSettings
+from core.settings import MqttSettings
 
 _PUBACK = struct.Struct("!BBH")
 

@@ -22,7 +22,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from server.dicom.pixels import rescale
+from server.study.pixels import rescale
 
 #: Transfer syntaxes decoded without any optional plugin.
 NATIVE_SYNTAXES: tuple[uid.UID, ...] = (

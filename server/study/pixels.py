@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from gan.bicubic import bicubic  # re-exported by server.dicom
+from gan.bicubic import bicubic  # re-exported by server.study
 from gan.data import SOFT_TISSUE_WINDOW
 
 #: Lowest Hounsfield unit a CT can produce: air is −1000 HU (lower values in a source, e.g. −3024 padding outside
@@ -166,7 +166,7 @@ def is_hounsfield(ds: Dataset) -> bool:
 
 
 def to_model_space(ds: Dataset) -> ModelImage:
-    """Map an instance read by :func:`server.dicom.read_instance` to model space (see the module docstring)."""
+    """Map an instance read by :func:`server.study.read_instance` to model space (see the module docstring)."""
     stored = np.asarray(ds.pixel_array)
     rgb = int(ds.SamplesPerPixel) == 3
     multi_frame = stored.ndim == (4 if rgb else 3)

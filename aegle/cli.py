@@ -1,6 +1,6 @@
 """The ``aegle`` command line: one entry point for operators.
 
-Every subcommand reads the one :class:`~server.settings.Settings` object (``AEGLE_*`` environment variables,
+Every subcommand reads the one :class:`~core.settings.Settings` object (``AEGLE_*`` environment variables,
 ``AEGLE_CONFIG`` TOML file); flags override the settings they name.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from core.logsafety import configure_logging
+from core.settings import Settings
 from edge.cli import add_arguments as add_edge_arguments
-from server.logsafety import configure_logging
-from server.settings import Settings
 
 
 def _moment(text: str) -> datetime:
@@ -44,7 +44,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's sensor context at a time (default: now) from the store."""
-    from sensors.context import context_at
+    from core.context import context_at
     from server.store import open_store
 
     store = open_store(settings.store)
@@ -61,7 +61,7 @@ def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_vitals(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's stored vitals between two times as JSON lines."""
-    from sensors.vitals import from_ms, to_ms
+    from core.vitals import from_ms, to_ms
     from server.store import open_store
 
     end = args.end or datetime.now(UTC)
@@ -190,7 +190,7 @@ def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """End-to-end demo on embedded defaults."""
-    from server.demo import run_demo
+    from aegle.demo import run_demo
 
     return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir)
 

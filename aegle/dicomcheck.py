@@ -20,7 +20,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from server.localservices import require
+from aegle.localservices import require
 
 # A message: optionally "(0xgggg,0xeeee) <VR> <name>" first, then the severity word followed by " - ". The lazy
 # prefix stops at the first severity word, so a warning quoting "Error - " in its value stays a warning.

@@ -11,8 +11,8 @@
 
 The MQTT username of a device is its device id and that of an edge node its edge id: a device may publish only
 its own vitals topic at its own site, an edge node only its own DICOM topics at its site, and neither may
-subscribe to anything. Who may publish and subscribe to what is :mod:`sensors.accounts`, from which the broker
-policy is generated. The DICOM transfer contract (manifest, chunks, checksums) is in :mod:`sensors.dicom_transfer`;
+subscribe to anything. Who may publish and subscribe to what is :mod:`core.accounts`, from which the broker
+policy is generated. The DICOM transfer contract (manifest, chunks, checksums) is in :mod:`core.dicom_chunks`;
 topics carry no patient data (the transfer id is a random UUID).
 """
 

@@ -32,10 +32,13 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sensors import topics
+from core import topics
 
+#: The broker settings every Aegle Mosquitto runs with (listener, paths and this plugin are added by whoever runs it).
+MOSQUITTO_POLICY = Path(__file__).with_name("mosquitto-policy.conf")
 DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
 DYNSEC_RESPONSE = f"{DYNSEC_CONTROL}/response"
 #: What nobody is granted is refused: publishing, subscribing and receiving. Unsubscribing harms nothing.

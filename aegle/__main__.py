@@ -1,0 +1,3 @@
+from aegle.cli import main
+
+raise SystemExit(main())
