@@ -102,6 +102,17 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     return trainer.main(argv)
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """One JSON line per served model (settings name and version, registry version, sha256); exit 1 if any is not
+    servable as configured."""
+    from server.inference.engine import registry_report
+
+    report = registry_report(settings.inference)
+    for entry in report:
+        print(json.dumps(entry))
+    return 0 if all(e["status"] == "ok" for e in report) else 1
+
+
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Export a registry model to ONNX (dynamic batch and size, parity-checked), or compile it with TensorRT."""
     from gan.export import tensorrt_unavailable_reason
@@ -232,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("family", choices=sorted(TRAINERS), help="enhancer | classifier (triage|lesion) | hybrid-gan")
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m <trainer module>")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="the served models as the settings name them and as the registry holds them")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="export a model to ONNX with a parity check (or --tensorrt on CUDA machines)")
     p.add_argument("name", help="registry name, e.g. enhancer-x2")

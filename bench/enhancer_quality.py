@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 from torch import nn
 
+from core.settings import InferenceSettings
 from gan import data as gdata
 from gan import metrics
 from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card, load_model
@@ -74,7 +75,6 @@ from gan.train import (
     prepare_slices,
     training_splits,
 )
-from server.inference.engine import ENHANCER
 
 __all__ = [
     "CROP",
@@ -284,7 +284,7 @@ def evaluate(
 
 def shipped_recipe(out: str | Path, name: str) -> str:
     """The shipped ``enhancer-x2`` card's training command, writing ``name`` under ``out`` instead."""
-    words = load_card(DEFAULT_ROOT / ENHANCER / CARD_FILE).training.command.split()
+    words = load_card(DEFAULT_ROOT / InferenceSettings().enhancer.name / CARD_FILE).training.command.split()
     for flag, value in (("--out", str(out)), ("--name", name)):
         words[words.index(flag) + 1] = value
     return " ".join(words)

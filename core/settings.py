@@ -106,9 +106,39 @@ class ApiSettings(BaseModel):
     probe_timeout_s: float = Field(default=2.0, gt=0)
 
 
-class InferenceSettings(BaseModel):
-    """Model backends and micro-batching."""
+#: Registry names of the models the service serves by default (training writes under the same names).
+DEFAULT_ENHANCER = "enhancer-x2"
+DEFAULT_TRIAGE = "triage-classifier"
 
+
+class ServedModel(BaseModel):
+    """A model the service serves: its registry name and the version its card must carry (None: any version)."""
+
+    name: str = Field(min_length=1)
+    version: str | None = None
+
+
+class ServedEnhancer(ServedModel):
+    """The enhancer served by default (a partial setting, e.g. only the version, keeps the other default)."""
+
+    name: str = Field(default=DEFAULT_ENHANCER, min_length=1)
+    version: str | None = "3.1.0"
+
+
+class ServedTriage(ServedModel):
+    """The triage classifier served by default."""
+
+    name: str = Field(default=DEFAULT_TRIAGE, min_length=1)
+    version: str | None = "0.1.0"
+
+
+class InferenceSettings(BaseModel):
+    """The served models, backends and micro-batching."""
+
+    # The shipped models' names and versions: a weights directory holding another version is refused at start
+    # (named in /readyz and `aegle models`) rather than served silently. AEGLE_INFERENCE__ENHANCER__VERSION=...
+    enhancer: ServedEnhancer = ServedEnhancer()
+    triage: ServedTriage = ServedTriage()
     backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
     weights_dir: Path | None = None  # None: the default weights shipped in gan/weights
     cache_dir: Path = Path("var/model-cache")

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.settings import DEFAULT_TRIAGE
+
 if TYPE_CHECKING:
     import os
 
@@ -70,7 +72,7 @@ TRIAGE_CLASSES: tuple[str, ...] = ("diagnostic", "noisy", "motion-blurred", "low
 #: Side of the square window the classifier sees.
 INPUT_SIDE = 128
 #: Registry name of the shipped weights.
-MODEL_NAME = "triage-classifier"
+MODEL_NAME = DEFAULT_TRIAGE  # the name training writes; the server serves settings.inference.triage
 #: Ranges the simulated degradations are drawn from (uniform; ``scales`` uniform over the tuple).
 SEVERITY: dict[str, tuple[float, ...]] = {
     "noise_sigma": (0.02, 0.10),

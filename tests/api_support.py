@@ -20,7 +20,13 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from aegle.localservices import free_port
-from core.settings import ApiSettings, InferenceSettings, MqttSettings, Settings, StoreSettings
+from core.settings import (
+    ApiSettings,
+    InferenceSettings,
+    MqttSettings,
+    Settings,
+    StoreSettings,
+)
 from core.vitals import Sample, to_ms
 from server.api import create_app
 from server.api.tokens import ROLES
@@ -54,7 +60,9 @@ def save_test_models(root: Path) -> None:
 
 
 def inference_settings(model_root: Path, cache: Path, **overrides: Any) -> InferenceSettings:
-    return InferenceSettings(weights_dir=model_root, cache_dir=cache, threads=1, **overrides)
+    """The test registry's models, any version (theirs is ``0.0.0-test``), one thread."""
+    served = {"enhancer": {"version": None}, "triage": {"version": None}}
+    return InferenceSettings(weights_dir=model_root, cache_dir=cache, threads=1, **(served | overrides))
 
 
 def service_settings(tmp_path: Path, **api: Any) -> Settings:

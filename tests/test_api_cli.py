@@ -24,6 +24,8 @@ def env_for(tmp_path: Path, model_root: Path) -> dict[str, str]:
         "AEGLE_API__TOKEN_SECRET_FILE": str(tmp_path / "secret"),
         "AEGLE_STORE__SQLITE_PATH": str(tmp_path / "vitals.sqlite"),
         "AEGLE_INFERENCE__WEIGHTS_DIR": str(model_root),
+        "AEGLE_INFERENCE__ENHANCER__VERSION": "0.0.0-test",  # the test registry's models
+        "AEGLE_INFERENCE__TRIAGE__VERSION": "0.0.0-test",
         "AEGLE_INFERENCE__CACHE_DIR": str(tmp_path / "cache"),
         "AEGLE_INFERENCE__THREADS": "1",
     }

@@ -264,6 +264,8 @@ def test_models_route_lists_the_served_models(service: Service) -> None:
         "enhancer-x2": "onnxruntime", "triage-classifier": "onnxruntime",
     }  # fmt: skip
     assert body["missing"] == {}
+    assert body["served"] == {"enhancer": {"name": "enhancer-x2", "version": None},
+                              "triage": {"name": "triage-classifier", "version": None}}  # the tests' settings
 
 
 def test_readyz_reports_each_check_with_a_reason(service: Service, broker: Any) -> None:
@@ -283,9 +285,8 @@ def test_readyz_reports_each_check_with_a_reason(service: Service, broker: Any) 
 
 
 def test_readyz_names_a_missing_model(tmp_path: Path, model_root: Path) -> None:
-    eng = InferenceEngine.from_settings(
-        inference_settings(model_root, tmp_path / "cache"), names=("enhancer-x2", "no-such-model")
-    )
+    settings = inference_settings(model_root, tmp_path / "cache", triage={"name": "no-such-model"})
+    eng = InferenceEngine.from_settings(settings)
     try:
         svc = Service(service_settings(tmp_path), eng)
         with svc.client:

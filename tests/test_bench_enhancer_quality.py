@@ -105,7 +105,7 @@ def _without_out_and_name(command: str) -> list[str]:
 
 
 def test_missing_weights_message_follows_the_shipped_recipe(tmp_path: Path) -> None:
-    shipped = load_card(DEFAULT_ROOT / eq.ENHANCER / CARD_FILE).training.command
+    shipped = load_card(DEFAULT_ROOT / eq.InferenceSettings().enhancer.name / CARD_FILE).training.command
     recipe = eq.shipped_recipe(tmp_path, "mine")
     assert f"--out {tmp_path} --name mine " in recipe
     assert _without_out_and_name(recipe) == _without_out_and_name(shipped)

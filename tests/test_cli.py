@@ -23,6 +23,21 @@ def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def test_models_names_the_served_models_and_what_the_registry_holds(tmp_path: Path) -> None:
+    done = aegle("models")  # the shipped registry with the default settings
+    assert done.returncode == 0, done.stderr
+    report = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["role"], e["name"], e["version"], e["status"]) for e in report] == [
+        ("enhancer", "enhancer-x2", "3.1.0", "ok"), ("triage", "triage-classifier", "0.1.0", "ok")]
+    assert all(len(e["sha256"]) == 64 for e in report)
+    other = aegle("models", env={"AEGLE_INFERENCE__ENHANCER__VERSION": "9.0.0",
+                                 "AEGLE_INFERENCE__TRIAGE__NAME": "no-such-model"})  # fmt: skip
+    assert other.returncode == 1
+    enhancer, triage = (json.loads(line) for line in other.stdout.splitlines())
+    assert enhancer["status"] == "other-version" and enhancer["registry_version"] == "3.1.0"
+    assert triage["status"] == "missing" and "no-such-model" in triage["reason"]
+
+
 def test_context_and_vitals_from_the_store(tmp_path: Path) -> None:
     db = tmp_path / "vitals.sqlite"
     t0 = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)

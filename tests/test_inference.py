@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.settings import DEFAULT_ENHANCER as ENHANCER
+from core.settings import DEFAULT_TRIAGE as TRIAGE
 from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
 from gan.registry import load_model
-from server.inference import ENHANCER, TRIAGE, InferenceEngine, MicroBatcher, QueueFull
+from server.inference import InferenceEngine, MicroBatcher, ModelMissing, QueueFull
 from server.inference.backends import TorchBackend, graph_fingerprint, onnx_path, resolve
 from server.inference.engine import LoadedModel
 from tests.api_support import (
@@ -107,7 +109,7 @@ def test_unshuffle_trunk_serves_odd_sizes_on_both_backends(tmp_path: Path) -> No
     outs = []
     for backend in ("onnxruntime", "torch"):
         eng = InferenceEngine.from_settings(
-            inference_settings(tmp_path / "reg", tmp_path / "cache", backend=backend), names=(ENHANCER,)
+            inference_settings(tmp_path / "reg", tmp_path / "cache", backend=backend), roles=("enhancer",)
         )
         outs.append(eng.enhance(image).images)
         eng.close()
@@ -115,15 +117,27 @@ def test_unshuffle_trunk_serves_odd_sizes_on_both_backends(tmp_path: Path) -> No
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
 
 
+def test_a_model_of_another_version_than_the_settings_ask_is_not_served(model_root: Path, tmp_path: Path) -> None:
+    settings = inference_settings(model_root, tmp_path, enhancer={"version": "9.9.9"})
+    eng = InferenceEngine.from_settings(settings, warm_up=False)
+    try:
+        assert not eng.ready and eng.model(TRIAGE).card.version == "0.0.0-test"
+        assert "holds version 0.0.0-test, the settings ask for 9.9.9" in eng.missing[ENHANCER]
+        with pytest.raises(ModelMissing, match="AEGLE_INFERENCE__ENHANCER__VERSION"):
+            eng.enhance(np.zeros((1, 32, 32), np.float32))
+    finally:
+        eng.close()
+
+
 def test_onnx_export_is_cached_by_weights_sha256(model_root: Path, tmp_path: Path) -> None:
     settings = inference_settings(model_root, tmp_path / "cache")
-    first = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
+    first = InferenceEngine.from_settings(settings, roles=("enhancer",), warm_up=False)
     first.close()
     card, model = first.model(ENHANCER).card, first.model(ENHANCER).module
     path = onnx_path(settings.cache_dir, card, model)
     assert path.name == f"{ENHANCER}-{card.sha256}-{graph_fingerprint(model)}.onnx" and path.is_file()
     stamp = path.stat().st_mtime_ns
-    second = InferenceEngine.from_settings(settings, names=(ENHANCER,), warm_up=False)
+    second = InferenceEngine.from_settings(settings, roles=("enhancer",), warm_up=False)
     second.close()
     assert path.stat().st_mtime_ns == stamp  # reused, not re-exported
     assert [p.name for p in settings.cache_dir.iterdir()] == [path.name]  # no staging files left

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.settings import DEFAULT_ENHANCER as ENHANCER
 from core.settings import InferenceSettings
 from gan.models import build
 from gan.registry import load_model
-from server.inference import ENHANCER, ImageTooLarge, InferenceEngine
+from server.inference import ImageTooLarge, InferenceEngine
 from server.inference.tiling import receptive_radius, tiles
 
 
@@ -91,7 +92,9 @@ def test_tiled_enhancement_equals_one_whole_pass(registry: str, model_root: Path
     weights = {"shipped": None, "random-init": model_root,
                "unshuffle": save_enhancer(tmp_path / "reg", trunk="unshuffle")}[registry]  # fmt: skip
     whole = InferenceEngine.from_settings(
-        InferenceSettings(weights_dir=weights, cache_dir=tmp_path, threads=1, tile_size=1024), names=(ENHANCER,)
+        InferenceSettings(weights_dir=weights, cache_dir=tmp_path, threads=1, tile_size=1024,
+                          enhancer={"version": None if weights else "3.1.0"}),
+        roles=("enhancer",),
     )
     served = whole.model(ENHANCER)
     assert served.receptive_radius is not None and 0 < served.receptive_radius < 40

@@ -1,6 +1,7 @@
 """The inference engine: registry models behind one backend, warmed up, fed through one micro-batcher.
 
-``InferenceEngine.from_settings(settings.inference)`` loads ``enhancer-x2`` and ``triage-classifier`` from the
+``InferenceEngine.from_settings(settings.inference)`` loads the served models (``settings.enhancer`` and
+``settings.triage``: ``enhancer-x2`` and ``triage-classifier`` by default, each with the version it must have) from the
 registry (``gan/weights`` or ``settings.weights_dir``), picks the backend (``auto``: TensorRT with CUDA, else
 ONNX Runtime on CPU; ``torch`` / ``onnxruntime`` / ``tensorrt`` force one), warms each model up and starts the
 :class:`~server.inference.batcher.MicroBatcher`. A model that is not in the registry is recorded in
@@ -18,12 +19,13 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from core.settings import InferenceSettings
+from core.settings import InferenceSettings, ServedModel
 from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
 from server.inference.batcher import MicroBatcher, QueueFull
 from server.inference.tiling import paste, receptive_radius, tiles
@@ -37,15 +39,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("aegle.inference")
 
 __all__ = [
-    "ENHANCER", "TRIAGE", "EnhanceOutput", "ImageTooLarge", "InferenceEngine", "InferenceMetrics", "LoadedModel",
-    "ModelMissing",
+    "ROLES", "EnhanceOutput", "ImageTooLarge", "InferenceEngine", "InferenceMetrics", "LoadedModel", "ModelMissing",
+    "registry_report",
 ]  # fmt: skip
 
-ENHANCER = "enhancer-x2"
-TRIAGE = "triage-classifier"
+#: What the service serves, by role: each is a :class:`~core.settings.ServedModel` setting of the same name.
+ROLES = ("enhancer", "triage")
 # Registry architectures the engine can serve, and their ONNX input names.
 INPUTS: dict[str, tuple[str, ...]] = {"enhancer": ("image", "context"), "se-classifier": ("image",)}
 WARMUP_SIZE = 64
+
+
+def registry_report(settings: InferenceSettings) -> list[dict[str, Any]]:
+    """Each served model as the settings name it and as the registry holds it, without loading weights:
+    ``status`` is ``ok``, ``other-version`` or ``missing`` (what ``aegle models`` prints)."""
+    from gan.registry import CARD_FILE, DEFAULT_ROOT, RegistryError, load_card
+
+    root = Path(settings.weights_dir or DEFAULT_ROOT)
+    report = []
+    for role in ROLES:
+        wanted: ServedModel = getattr(settings, role)
+        entry: dict[str, Any] = {"role": role, "name": wanted.name, "version": wanted.version, "registry": str(root)}
+        try:
+            card = load_card(root / wanted.name / CARD_FILE)
+        except (RegistryError, OSError) as exc:
+            report.append(entry | {"status": "missing", "reason": str(exc)})
+            continue
+        same = wanted.version is None or card.version == wanted.version
+        report.append(entry | {"status": "ok" if same else "other-version", "registry_version": card.version,
+                               "sha256": card.sha256, "architecture": card.architecture})  # fmt: skip
+    return report
 
 
 class ModelMissing(LookupError):
@@ -145,9 +168,11 @@ class InferenceEngine:
 
     @classmethod
     def from_settings(
-        cls, settings: InferenceSettings, names: Sequence[str] = (ENHANCER, TRIAGE), warm_up: bool = True
+        cls, settings: InferenceSettings, roles: Sequence[str] = ROLES, warm_up: bool = True
     ) -> InferenceEngine:
-        """Load ``names`` from the registry on the configured backend; missing models are recorded, not fatal."""
+        """Load the models of ``roles`` (settings ``enhancer``, ``triage``) from the registry on the configured
+        backend; a missing model, or one whose card has another version than the setting asks, is recorded with
+        the reason, not fatal."""
         import torch
 
         from gan.export import ParityError
@@ -162,13 +187,19 @@ class InferenceEngine:
         backend = resolve(settings.backend)
         models: list[LoadedModel] = []
         missing: dict[str, str] = {}
-        for name in names:
+        for role in roles:
+            wanted: ServedModel = getattr(settings, role)
             try:
-                module, card = load_model(settings.weights_dir, name)
+                module, card = load_model(settings.weights_dir, wanted.name)
+                if wanted.version is not None and card.version != wanted.version:
+                    raise ValueError(
+                        f"the registry holds version {card.version}, the settings ask for {wanted.version} "
+                        f"(AEGLE_INFERENCE__{role.upper()}__VERSION)"
+                    )
                 models.append(cls.serve(module, card, backend, settings))
             except (RegistryError, ParityError, ValueError) as exc:
-                missing[name] = str(exc)
-                log.error("model %s not served: %s", name, exc)
+                missing[wanted.name] = str(exc)
+                log.error("model %s not served: %s", wanted.name, exc)
         return cls(models, settings, missing, warm_up=warm_up)
 
     @staticmethod
@@ -273,7 +304,7 @@ class InferenceEngine:
         images: np.ndarray,
         context: np.ndarray | None = None,
         *,
-        model: str = ENHANCER,
+        model: str | None = None,
         queue_timeout: float | None = None,
     ) -> EnhanceOutput:
         """Enhance N×H×W float32 images in [0, 1] with one context vector (or N of them, or None).
@@ -286,6 +317,7 @@ class InferenceEngine:
         ``queue_timeout``: how long to wait for room in the queue (None: wait — the pipeline's default;
         0: raise :class:`QueueFull` at once — what the API does).
         """
+        model = model or self.settings.enhancer.name
         served = self.model(model)
         card = served.card
         if card.architecture != "enhancer" or card.input.channels != 1:
@@ -346,12 +378,14 @@ class InferenceEngine:
         with torch.inference_mode():
             return module.alphas(torch.from_numpy(contexts)).numpy()  # type: ignore[operator]
 
-    def triage(self, image: np.ndarray, *, model: str = TRIAGE, queue_timeout: float | None = None) -> TriageResult:
+    def triage(
+        self, image: np.ndarray, *, model: str | None = None, queue_timeout: float | None = None
+    ) -> TriageResult:
         """Triage one 2-D image in [0, 1] (``gan.triage``: central window → SE-CNN → per-class decision)."""
         return self.triage_many([image], model=model, queue_timeout=queue_timeout)[0]
 
     def triage_many(
-        self, images: Sequence[np.ndarray], *, model: str = TRIAGE, queue_timeout: float | None = None
+        self, images: Sequence[np.ndarray], *, model: str | None = None, queue_timeout: float | None = None
     ) -> list[TriageResult]:
         """Triage several 2-D images in one submission (one batching wait, not one per image).
 
@@ -359,6 +393,7 @@ class InferenceEngine:
         """
         from gan.triage import card_thresholds, interpret, preprocess
 
+        model = model or self.settings.triage.name
         served = self.model(model)
         if served.card.architecture != "se-classifier":
             raise ValueError(f"model {model!r} is not a classifier")

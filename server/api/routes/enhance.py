@@ -13,7 +13,7 @@ from server.api import images
 from server.api.deps import api_error, audit, binary_body, engine, image_resource, read_body, require, state
 from server.api.routes.patients import applied_context, aware, patient_context
 from server.api.tokens import Principal
-from server.inference import TRIAGE, EnhanceOutput
+from server.inference import EnhanceOutput
 
 router = APIRouter(tags=["enhance"])
 ENHANCE_ROLES = ("clinician", "operator")
@@ -99,7 +99,7 @@ async def triage_response(request: Request, plane: np.ndarray) -> dict[str, Any]
         result = await run_in_threadpool(eng.triage, plane, queue_timeout=state(request).settings.api.queue_timeout_s)
     except ValueError as exc:
         raise api_error(400, "bad-image", str(exc)) from None
-    card = eng.model(TRIAGE).card
+    card = eng.model(eng.settings.triage.name).card
     return {
         "model": card.name, "version": card.version, "probabilities": result.probabilities,
         "enhance": result.enhance, "degradations": list(result.degradations), "reason": result.reason,
