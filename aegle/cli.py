@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.logsafety import configure_logging
-from core.settings import Settings
-from edge.cli import add_arguments as add_edge_arguments
+from core import Settings, configure_logging
+from edge import add_arguments as add_edge_arguments
+from gan import TRAINERS
 
 
 def _moment(text: str) -> datetime:
@@ -28,7 +28,7 @@ def _moment(text: str) -> datetime:
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     """Run one ingest worker until SIGTERM."""
-    from server.ingest import IngestWorker
+    from server import IngestWorker
 
     if args.worker_id:
         settings.ingest.worker_id = args.worker_id
@@ -44,8 +44,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's sensor context at a time (default: now) from the store."""
-    from core.context import context_at
-    from server.store import open_store
+    from core import context_at
+    from server import open_store
 
     store = open_store(settings.store)
     try:
@@ -61,8 +61,8 @@ def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_vitals(settings: Settings, args: argparse.Namespace) -> int:
     """Print a patient's stored vitals between two times as JSON lines."""
-    from core.vitals import from_ms, to_ms
-    from server.store import open_store
+    from core import from_ms, to_ms
+    from server import open_store
 
     end = args.end or datetime.now(UTC)
     start = args.start or end - timedelta(hours=1)
@@ -78,34 +78,26 @@ def cmd_vitals(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     """Publish simulated devices' vitals to the configured broker in real time."""
-    from sensors.publisher import DeviceFleet
-    from sensors.simulator import Simulator, run
+    from sensors import DeviceFleet, Simulator, run
 
     credentials = json.loads(Path(args.credentials).read_text()) if args.credentials else {}
     sim = Simulator(patients=args.patients, site=args.site, rate_hz=args.rate, seed=args.seed)
-    with DeviceFleet(settings.mqtt.host, settings.mqtt.port, credentials) as fleet:
+    with DeviceFleet(settings.mqtt, credentials) as fleet:
         run(sim, fleet.publish, args.duration, realtime=True)
     return 0
 
 
-#: ``aegle train FAMILY`` → the module whose ``main(argv)`` trains it (``python -m MODULE`` is the same).
-TRAINERS = {"enhancer": "gan.train", "classifier": "gan.train_classifier", "hybrid-gan": "gan.train_hybrid"}
-
-
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    """Train a model family (``aegle train FAMILY --help`` lists its options)."""
-    import importlib
+    """Train a model family (``aegle train FAMILY --help`` lists its options), as its ``python -m`` command does."""
+    from gan import run_trainer
 
-    trainer = importlib.import_module(TRAINERS[args.family])
-    # gan.train trains several families by name; the others take their own options directly.
-    argv = [args.family, *args.options] if args.family == "enhancer" else list(args.options)
-    return trainer.main(argv)
+    return run_trainer(args.family, args.options)
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     """One JSON line per served model (settings name and version, registry version, sha256); exit 1 if any is not
     servable as configured."""
-    from server.inference.engine import registry_report
+    from server import registry_report
 
     report = registry_report(settings.inference)
     for entry in report:
@@ -115,10 +107,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     """Export a registry model to ONNX (dynamic batch and size, parity-checked), or compile it with TensorRT."""
-    from gan.export import tensorrt_unavailable_reason
-    from gan.registry import load_model
-    from server.inference.backends import OnnxBackend
-    from server.inference.engine import INPUTS
+    from gan import load_model, tensorrt_unavailable_reason
+    from server import INPUTS, OnnxBackend
 
     root = args.weights or settings.inference.weights_dir
     model, card = load_model(root, args.name)
@@ -132,7 +122,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         import numpy as np
 
-        from server.inference.backends import TensorRTBackend
+        from server import TensorRTBackend
 
         inputs = [np.zeros((args.batch, card.input.channels, *args.size), np.float32)]
         if "context" in INPUTS[card.architecture]:
@@ -148,7 +138,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run the service (HTTP API, STOW-RS and the enabled input paths; docs/service.md) until SIGTERM/SIGINT."""
-    from server.service import AegleService
+    from server import AegleService
 
     if args.host:
         settings.api.host = args.host
@@ -164,7 +154,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Create (prints the token once), list or revoke API tokens."""
-    from server.api.tokens import TokenStore
+    from server import TokenStore
 
     tokens = TokenStore.from_settings(settings.api)
     try:
@@ -187,8 +177,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
     """Run an edge node (C-STORE SCP → durable outbox → chunked MQTT) until SIGTERM."""
-    from edge.cli import settings_from
-    from edge.node import EdgeNode
+    from edge import EdgeNode, settings_from
 
     try:
         node = EdgeNode(settings_from(args, settings.edge), settings.mqtt)

@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
 import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -43,19 +42,28 @@ from aegle.localservices import (
     network_interfaces,
     require,
 )
-from core import topics
-from core.accounts import device
-from core.context import SensorContext, context_at
-from core.settings import ContextSettings, IngestSettings, MqttSettings, Settings, StoreSettings
-from sensors.publisher import DeviceFleet
-from sensors.simulator import Faults, Simulator, run
-from server.ingest import IngestWorker
-from server.pacs import DicomWebStore, PacsError
-from server.store import open_store
-from server.study.pipeline import MqttResultPublisher, SeriesResult, StudyPipeline
+from core import (
+    ContextSettings,
+    IngestSettings,
+    MqttSettings,
+    SensorContext,
+    Settings,
+    StoreSettings,
+    accounts,
+    connect,
+    context_at,
+    disconnect,
+    new_client,
+    subscribe,
+    topics,
+)
+from sensors import DeviceFleet, Faults, Simulator, run
+from server import DicomWebStore, IngestWorker, MqttResultPublisher, PacsError, SeriesResult, build_pipeline, open_store
 
 if TYPE_CHECKING:
-    from server.inference import InferenceEngine
+    import paho.mqtt.client as mqtt
+
+    from server import InferenceEngine
 
 SITE = "ward-1"
 SERVICE_USERS = ("aegle-ingest", "aegle-dashboard", "aegle-server")
@@ -96,20 +104,16 @@ STUDIES = (
 class ContextViewer:
     """Subscribes to every patient's retained context topic, dead letters and result events, as a dashboard would."""
 
-    def __init__(self, port: int, username: str, password: str) -> None:
+    def __init__(self, cfg: MqttSettings) -> None:
         self.contexts: dict[str, SensorContext] = {}
         self.deadletters: dict[str, int] = {}
         self.results: list[tuple[str, dict[str, Any]]] = []
         self.updates = 0
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="aegle-demo-viewer",
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(username, password)
+        self.client = new_client(cfg, "aegle-demo-viewer")
         self.client.on_message = self._on_message
-        self.client.connect(LOOPBACK, port)
-        self.client.subscribe([(topics.context_filter(SITE), 1), (topics.deadletter(SITE, "+"), 1),
-                               (topics.results(SITE, "+"), 1)])
-        self.client.loop_start()
+        connect(self.client, cfg)
+        subscribe(self.client, [topics.context_filter(SITE), topics.deadletter(SITE, "+"), topics.results(SITE, "+")])
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -148,8 +152,7 @@ class ContextViewer:
             return list(self.results)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
 
 class DemoPacs:
@@ -216,7 +219,7 @@ def demo_copy(sources: Sequence[Path], patient_id: str, acquired: datetime) -> l
 
 def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo") -> int:
     """Run the demo (vitals for ``duration_s`` seconds, then imaging); returns a process exit code."""
-    from server.inference import InferenceEngine  # lazy: torch and ONNX Runtime load in the background below
+    from server import InferenceEngine  # lazy: torch and ONNX Runtime load in the background below
 
     for chatty in ("httpx", "server.study.pipeline"):  # INFO lines per request / series would bury the demo's output
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -229,10 +232,10 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
                       bad_fraction=0.01),
     )
     broker = Mosquitto(workdir / "mosquitto", service_users=SERVICE_USERS)
-    service = broker.add_users(list(SERVICE_USERS))
-    credentials = broker.add_accounts([device(d, SITE) for d in sim.devices])
+    broker.add_users(list(SERVICE_USERS))
+    credentials = broker.add_accounts([accounts.device(d, SITE) for d in sim.devices])
     settings = Settings(
-        mqtt=MqttSettings(host=LOOPBACK, port=broker.port, username="aegle-ingest", password=service["aegle-ingest"]),
+        mqtt=broker.mqtt_settings("aegle-ingest"),
         store=StoreSettings(backend="sqlite", sqlite_path=workdir / "vitals.sqlite"),
         ingest=IngestSettings(worker_id="demo", spool_path=workdir / "spool.sqlite"),
         context=ContextSettings(window_s=60, freshness_tau_s=30),
@@ -244,10 +247,10 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
     with broker, ThreadPoolExecutor(1, thread_name_prefix="aegle-demo-models") as loader:
         # The shipped enhancer and triage classifier load while the vitals flow (missing ones are recorded).
         engine_future = loader.submit(InferenceEngine.from_settings, settings.inference)
-        viewer = ContextViewer(broker.port, "aegle-dashboard", service["aegle-dashboard"])
+        viewer = ContextViewer(broker.mqtt_settings("aegle-dashboard"))
         try:
             started, accepted = _vitals(sim, settings, credentials, viewer, duration_s, header)
-            ok = _imaging(settings, service["aegle-server"], viewer, engine_future, started, duration_s,
+            ok = _imaging(settings, broker.mqtt_settings("aegle-server"), viewer, engine_future, started, duration_s,
                           [sim.patients[s.patient_index % patients].patient_id for s in STUDIES], workdir)
         finally:
             viewer.close()
@@ -267,7 +270,7 @@ def _vitals(
     tty = sys.stdout.isatty()
     stop = threading.Event()
     started = datetime.now(UTC)
-    with DeviceFleet(LOOPBACK, settings.mqtt.port, credentials) as fleet:
+    with DeviceFleet(settings.mqtt, credentials) as fleet:
         devices = threading.Thread(target=run, args=(sim, fleet.publish, duration_s),
                                    kwargs={"realtime": True, "stop": stop, "start": started}, daemon=True)
         devices.start()
@@ -304,7 +307,7 @@ def _vitals(
 
 
 def _imaging(
-    settings: Settings, server_password: str, viewer: ContextViewer, engine_future: Future[InferenceEngine],
+    settings: Settings, server: MqttSettings, viewer: ContextViewer, engine_future: Future[InferenceEngine],
     started: datetime, duration_s: float, patient_ids: list[str], workdir: Path,
 ) -> bool:
     """Real studies → context at acquisition → triage → enhancement → derived series → files / Orthanc → events."""
@@ -323,13 +326,8 @@ def _imaging(
     with ExitStack() as stack:  # closes the store, the publisher and stops Orthanc, whatever happens
         store = open_store(settings.store)
         stack.callback(store.close)
-        publisher_client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="aegle-demo-server",
-                                       protocol=mqtt.MQTTv5)
-        publisher_client.username_pw_set("aegle-server", server_password)
-        publisher_client.connect(LOOPBACK, settings.mqtt.port)
-        publisher_client.loop_start()
-        stack.callback(publisher_client.loop_stop)
-        stack.callback(publisher_client.disconnect)
+        publisher_client = connect(new_client(server, "aegle-demo-server"), server)
+        stack.callback(disconnect, publisher_client)
         dicomweb = None
         orthanc_off = _orthanc_unavailable()
         if orthanc_off is None:
@@ -341,13 +339,8 @@ def _imaging(
                 orthanc_off = f"it failed to start: {exc}"
         if dicomweb is None:
             print(f"  PACS: {workdir}/derived/\n  Orthanc not started: {orthanc_off}")
-        cfg = settings.context
-        pipeline = StudyPipeline(
-            engine.enhance, engine.triage_many,
-            lambda patient_id, at: context_at(store, patient_id, at, cfg.window_s, cfg.freshness_tau_s),
-            DemoPacs(workdir / "derived", dicomweb), MqttResultPublisher(publisher_client, SITE),
-            max_batch=settings.inference.max_batch,
-        )  # fmt: skip
+        pipeline = build_pipeline(engine, lambda: store, DemoPacs(workdir / "derived", dicomweb),
+                                  MqttResultPublisher(publisher_client, SITE), settings)  # fmt: skip
         results = []
         for study, patient_id in zip(STUDIES, patient_ids, strict=True):
             acquired = started + timedelta(seconds=duration_s * study.at_fraction)
@@ -388,10 +381,9 @@ def _report(result: SeriesResult, source: Dataset, workdir: Path, dicomweb: Dico
     if ctx is None:
         print("    context: none (enhanced without vitals)")
     else:
-        levels = ctx["levels"]
-        shown = [f"{title.split(' ')[0]} {fmt.format(levels[key])}" for key, title, fmt in COLUMNS
-                 if levels.get(key) is not None]
-        print(f"    context at acquisition (window {ctx['window_s']:.0f} s): completeness {ctx['completeness']:.0%}; "
+        shown = [f"{title.split(' ')[0]} {fmt.format(ctx.levels[key])}" for key, title, fmt in COLUMNS
+                 if ctx.levels.get(key) is not None]
+        print(f"    context at acquisition (window {ctx.window_s:.0f} s): completeness {ctx.completeness:.0%}; "
               + (", ".join(shown) or "no vitals"))
     decisions = list(result.triage.values())
     if decisions:

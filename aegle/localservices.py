@@ -22,11 +22,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
-from core import accounts
-from core.accounts import Account
+from core import Account, accounts
+
+if TYPE_CHECKING:
+    from core import MqttSettings
 
 LOOPBACK = "127.0.0.1"
 
@@ -178,32 +181,32 @@ class Mosquitto(LocalService):
         """Register one service account; returns its password."""
         return self.add_users({username: password})[username]
 
+    def mqtt_settings(self, user: str | None = None) -> MqttSettings:
+        """Settings that log in to this broker as ``user`` (one of :attr:`users`); None: no login (anonymous)."""
+        from core import MqttSettings
+
+        return MqttSettings(host=LOOPBACK, port=self.port, username=user, password=self.users[user] if user else None)
+
     def _control(self, commands: list[dict[str, object]], timeout: float = 10.0) -> None:
         """Send dynamic-security commands as the broker admin; raise if the broker refuses any of them."""
-        import paho.mqtt.client as mqtt
+        from core import connect, disconnect, new_client, subscribe
 
         answers: queue.Queue[bytes] = queue.Queue()
-        suback: queue.Queue[list[mqtt.ReasonCode]] = queue.Queue()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{accounts.BROKER_ADMIN}-{time.time_ns()}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
-        client.username_pw_set(accounts.BROKER_ADMIN, self.users[accounts.BROKER_ADMIN])
-        client.on_subscribe = lambda _c, _u, _mid, codes, _p: suback.put(codes)
+        cfg = self.mqtt_settings(accounts.BROKER_ADMIN)
+        client = new_client(cfg, f"{accounts.BROKER_ADMIN}-{time.time_ns()}")
         client.on_message = lambda _c, _u, message: answers.put(message.payload)
-        client.connect(LOOPBACK, self.port)
-        client.loop_start()
+        connect(client, cfg, timeout)
         try:
-            client.subscribe(accounts.DYNSEC_RESPONSE, qos=1)
-            codes = suback.get(timeout=timeout)
+            codes = subscribe(client, accounts.DYNSEC_RESPONSE, timeout=timeout)
             if codes[0].is_failure:
                 raise RuntimeError(f"the broker admin may not subscribe to {accounts.DYNSEC_RESPONSE}: {codes}")
             client.publish(accounts.DYNSEC_CONTROL, json.dumps({"commands": commands}), qos=1)
             responses = json.loads(answers.get(timeout=timeout))["responses"]
-        except queue.Empty:
+        except (queue.Empty, TimeoutError):
             raise TimeoutError(f"no answer from the dynamic-security plugin in {timeout:g} s: {self.log_tail()}") \
                 from None
         finally:
-            client.disconnect()
-            client.loop_stop()
+            disconnect(client)
         refused = [r for r in responses if "error" in r]
         if refused:
             raise RuntimeError(f"the broker refused to register accounts: {refused}")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from aegle.localservices import LOOPBACK, LocalService, Orthanc, http_ok, loopback_only_network
+from aegle import LOOPBACK, LocalService, Orthanc, http_ok, loopback_only_network
 from bench.ingest import cpu_seconds
 
 #: Set in the environment of a benchmark that re-executed itself under ``unshare -n``.
@@ -92,8 +92,8 @@ class AegleService(LocalService):
         return "\n".join(lines) + "\n"
 
     def command(self) -> Sequence[str]:
-        from core.settings import ApiSettings
-        from server.api.tokens import TokenStore
+        from core import ApiSettings
+        from server import TokenStore
 
         config = self.workdir / "aegle.toml"
         config.write_text(self.settings_toml())
@@ -180,7 +180,7 @@ def missing_models(models: dict[str, Any]) -> dict[str, str]:
 def brain_mr(*subjects: str) -> dict[str, tuple[np.ndarray, tuple[float, ...]]]:
     """Real T1 brain MR volumes of pyradiomics 3.0.1 (``pyradiomics:brain1``, ``…:brain2``): native 256 × 256
     axial slices as (z, 256, 256) uint16 stored values, with their (z, y, x) spacing in mm."""
-    from gan.data import load_pyradiomics
+    from gan import load_pyradiomics
 
     volumes = {v.subject: v for v in load_pyradiomics() if v.subject in subjects}
     out = {}

@@ -2,10 +2,10 @@
 
 Method, all in one process:
 
-* **Lesion** — :func:`gan.train_classifier.lesion_data` (real pyradiomics patches, 64×64: train brain1 + breast1
+* **Lesion** — :func:`gan.lesion_data` (real pyradiomics patches, 64×64: train brain1 + breast1
   MR, val lung1 CT, test brain2 MR + lung2 CT; the same test patches for every run). For each seed of
   ``--seeds`` the classifier is trained twice with identical settings: ``plain`` (real patches only) and
-  ``augmented`` (the same + ``--synthetic`` hybrid-GAN patches from :func:`gan.train_hybrid.generate` with the
+  ``augmented`` (the same + ``--synthetic`` hybrid-GAN patches from :func:`gan.generate` with the
   weights ``hybrid-gan-dcgan|cgan|srgan`` under ``--hybrid-root``, default ``gan/weights``; generation seed = the
   training seed). Early stopping on the val loss as in training.
 * **Figures** — per arm the MEDIAN over seeds of each test metric (threshold 0.5; AUC from the probabilities). Its
@@ -40,24 +40,32 @@ from typing import Any
 
 import numpy as np
 
-from gan import classification_metrics as cm
-from gan import data as gdata
-from gan import triage
-from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card
-from gan.train import prepare_slices
-from gan.train_classifier import (
+from gan import (
+    BINARY_METRICS,
+    CARD_FILE,
+    DEFAULT_ROOT,
+    TRIAGE_CLASSES,
     ClassifierConfig,
+    bootstrap_ci,
+    card_thresholds,
     evaluate_triage,
+    held_out_test,
     lesion_data,
+    load_card,
+    load_dataset,
+    load_pyradiomics,
+    load_triage,
     predict,
+    prepare_slices,
+    roc_auc,
     train_classifier,
     triage_test_windows,
 )
 
 ARMS = ("plain", "augmented")
 _METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "auc": cm.roc_auc,
-    **{name: (lambda y, p, fn=fn: fn(y, (p >= 0.5).astype(np.int64))) for name, fn in cm.BINARY_METRICS.items()},
+    "auc": roc_auc,
+    **{name: (lambda y, p, fn=fn: fn(y, (p >= 0.5).astype(np.int64))) for name, fn in BINARY_METRICS.items()},
 }
 
 
@@ -74,7 +82,7 @@ def lesion_runs(args: argparse.Namespace, out: Path) -> tuple[dict[str, list[np.
     import torch
 
     torch.set_num_threads(args.threads)
-    volumes = gdata.load_pyradiomics()
+    volumes = load_pyradiomics()
     base = {
         "task": "lesion", "out": str(out), "steps": args.steps, "val_every": args.val_every, "patience": 6,
         "widths": tuple(args.widths), "per_subject": args.per_subject, "synthetic": args.synthetic,
@@ -109,7 +117,7 @@ def lesion_figures(
     for name, metric in _METRICS.items():
         for arm in ARMS:
             runs = probabilities[arm]
-            ci = cm.bootstrap_ci(lambda i, m=metric, r=runs: _median_over_seeds(m, y, r, i), len(y), groups,
+            ci = bootstrap_ci(lambda i, m=metric, r=runs: _median_over_seeds(m, y, r, i), len(y), groups,
                                  resamples=resamples, seed=0)  # fmt: skip
             figures[f"lesion_{name}_{arm}"] = ci.value
             figures[f"lesion_{name}_{arm}_ci"] = [ci.low, ci.high]
@@ -122,7 +130,7 @@ def lesion_figures(
                 m, y, probabilities["plain"], i
             )
 
-        ci = cm.bootstrap_ci(gain, len(y), groups, resamples=resamples, seed=0)
+        ci = bootstrap_ci(gain, len(y), groups, resamples=resamples, seed=0)
         figures[f"lesion_{name}_gain"] = ci.value
         figures[f"lesion_{name}_gain_ci"] = [ci.low, ci.high]
     return figures
@@ -130,19 +138,19 @@ def lesion_figures(
 
 def triage_figures(args: argparse.Namespace) -> dict[str, Any]:
     """The shipped triage classifier on degraded central windows of the held-out test subjects."""
-    model, card = triage.load_triage(args.triage_root)
-    volumes = [v for name in ("pydicom", "pyradiomics") for v in gdata.load(name)]
-    held = [v for v in gdata.held_out_test(volumes) if v.modality in ("CT", "MR") and not v.is_rgb]
+    model, card = load_triage(args.triage_root)
+    volumes = [v for name in ("pydicom", "pyradiomics") for v in load_dataset(name)]
+    held = [v for v in held_out_test(volumes) if v.modality in ("CT", "MR") and not v.is_rgb]
     images, targets, groups = triage_test_windows(prepare_slices(held, allow_held_out=True), args.triage_per_subject, 0)
     report = evaluate_triage(predict(model, images), targets, groups, args.resamples, seed=0,
-                             thresholds=triage.card_thresholds(card))  # the shipped decision rule
+                             thresholds=card_thresholds(card))  # the shipped decision rule
     out: dict[str, Any] = {"triage_weights_sha256": card.sha256, "triage_n_test": len(groups)}
     exact = report["all"]["exact_match_accuracy"]
     out |= {"triage_accuracy": exact.value, "triage_accuracy_ci": [exact.low, exact.high]}
     for metric in ("accuracy", "auc", "f1", "recall", "specificity"):
         ci = report["enhance"][metric]
         out |= {f"triage_enhance_{metric}": ci.value, f"triage_enhance_{metric}_ci": [ci.low, ci.high]}
-    for name in triage.TRIAGE_CLASSES:
+    for name in TRIAGE_CLASSES:
         ci = report[name]["auc"]
         out |= {f"triage_{name}_auc": ci.value, f"triage_{name}_auc_ci": [ci.low, ci.high]}
     return out

@@ -4,13 +4,14 @@ Method, all in one process on identical inputs:
 
 * **Data** — the default datasets (``pydicom``, ``mni152``, ``pyradiomics``), CT and MR only. Test pairs come ONLY
   from :data:`gan.data.HELD_OUT_TEST_SUBJECTS` (:func:`gan.data.held_out_test`); the classical pipeline is tuned on
-  the ``val`` split of :func:`gan.train.training_splits` (the model's own val subjects, never test). Slices are
-  normalised as in training (:func:`gan.train.prepare_slices`: CT window, MR per-volume p99.5) to [0, 1].
+  the ``val`` split of :func:`gan.train.data.training_splits` (the model's own val subjects, never test). Slices are
+  normalised as in training and serving (:func:`gan.train.data.prepare_slices`, :mod:`gan.intensity`: CT window,
+  MR p99.5 per instance — per axial slice for NIfTI/NRRD volumes) to [0, 1].
 * **Pairs** — each subject gives the same number of pairs (``--pairs-per-subject``; 48, 8 with ``--quick``):
   evenly spaced foreground slices, cycled when a subject has fewer slices than pairs (each repeat gets other
   vitals and noise). Every pair is the **central 176×176 HR crop** of its slice (full slices are up to 512²; the
   crop keeps the runtime low and fits the smallest val slice, 233×197), degraded exactly as training does by
-  :func:`gan.train.make_pairs` (``allow_held_out=True``): sampled vitals → ``params_from_context`` (true levels)
+  :func:`gan.train.data.make_pairs` (``allow_held_out=True``): sampled vitals → ``params_from_context`` (true levels)
   → blur with an 8-pixel real margin → ×scale block mean → noise σ ~ U(0.01, 0.03) (Rician for MR); the context
   the model sees is built from the OBSERVED vitals (channels missing at random). The slice handed to
   ``make_pairs`` is exactly crop + margin, so its patch is the centre crop. One generator seeded with ``--seed``
@@ -60,19 +61,28 @@ import torch.nn.functional as F
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 from torch import nn
 
-from core.settings import InferenceSettings
-from gan import data as gdata
-from gan import metrics
-from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card, load_model
-from gan.train import (
-    _MARGIN,
+from core import InferenceSettings
+from gan import (
     BLUR_GROUPS,
+    CARD_FILE,
+    DEFAULT_ROOT,
+    HELD_OUT_TEST_SUBJECTS,
+    PATCH_MARGIN,
     PairBatch,
     PreparedSlice,
     TrainConfig,
+    Volume,
     blur_px,
+    center_window,
+    held_out_test,
+    load_card,
+    load_dataset,
+    load_model,
     make_pairs,
+    noise_sigma,
     prepare_slices,
+    psnr,
+    ssim,
     training_splits,
 )
 
@@ -121,16 +131,8 @@ class BenchPairs:
 
 def _centre(sl: PreparedSlice, size: int) -> PreparedSlice:
     """The central ``size``² region of the slice (symmetric padding where the slice is smaller)."""
-    image = sl.image
-    h, w = image.shape
-    ph, pw = max(0, size - h), max(0, size - w)
-    if ph or pw:
-        image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="symmetric")
-        h, w = image.shape
-    r, c = (h - size) // 2, (w - size) // 2
-    return PreparedSlice(
-        sl.subject, sl.source, sl.modality, sl.region, np.ascontiguousarray(image[r : r + size, c : c + size])
-    )
+    window = np.ascontiguousarray(center_window(sl.image, size))
+    return PreparedSlice(sl.subject, sl.source, sl.modality, sl.region, window)
 
 
 def _concat(batches: Sequence[PairBatch]) -> PairBatch:
@@ -166,7 +168,7 @@ def make_bench_pairs(
         items = by_subject[subject]
         chosen = np.linspace(0, len(items) - 1, min(per_subject, len(items))).round().astype(int)
         for i in range(per_subject):
-            sl = _centre(items[int(chosen[i % len(chosen)])], crop + 2 * _MARGIN)
+            sl = _centre(items[int(chosen[i % len(chosen)])], crop + 2 * PATCH_MARGIN)
             batches.append(
                 make_pairs(
                     [sl], scale, rng, 1, patch=crop, noise_sigma=noise_sigma, missing_prob=missing_prob,
@@ -196,7 +198,7 @@ def classical(up: np.ndarray, method: str, strength: float, lr: np.ndarray | Non
     white; bicubic upsampling correlates and shrinks it), else of ``up``.
     """
     if method == "nl_means":
-        sigma = max(metrics.noise_sigma(up if lr is None else lr), 1e-4)
+        sigma = max(noise_sigma(up if lr is None else lr), 1e-4)
         out = denoise_nl_means(up, h=strength * sigma, patch_size=5, patch_distance=6, fast_mode=True)
     elif method == "tv_chambolle":
         out = denoise_tv_chambolle(up, weight=strength)
@@ -209,8 +211,8 @@ GRIDS: dict[str, tuple[float, ...]] = {"nl_means": NLM_GRID, "tv_chambolle": TV_
 
 
 def _scores(hr: np.ndarray, out: np.ndarray) -> tuple[list[float], list[float]]:
-    p = [metrics.psnr(hr[i], out[i], 1.0) for i in range(len(hr))]
-    s = [metrics.ssim(hr[i], out[i], 1.0) for i in range(len(hr))]
+    p = [psnr(hr[i], out[i], 1.0) for i in range(len(hr))]
+    s = [ssim(hr[i], out[i], 1.0) for i in range(len(hr))]
     return p, s
 
 
@@ -258,7 +260,7 @@ def evaluate(
     subjects: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Mean PSNR/SSIM over pairs, per modality, (given each pair's total blur length) per
-    :data:`gan.train.BLUR_GROUPS` group and (given each pair's subject) per subject (data range 1)."""
+    :data:`gan.train.data.BLUR_GROUPS` group and (given each pair's subject) per subject (data range 1)."""
     p, s = _scores(hr, out)
     result: dict[str, Any] = {"psnr_db": float(np.mean(p)), "ssim": float(np.mean(s))}
     subsets = {m: np.asarray(modalities) == m for m in MODALITIES}
@@ -330,7 +332,7 @@ def run(
     seed: int = 0,
     split_seed: int = 0,
     datasets: Sequence[str] = DATASETS,
-    volumes: Sequence[gdata.Volume] | None = None,
+    volumes: Sequence[Volume] | None = None,
     pairs_per_subject: int | None = None,
     val_pairs_per_subject: int | None = None,
     progress: Callable[[str], None] = _log,
@@ -352,20 +354,20 @@ def run(
 
     given = volumes
     if volumes is None:
-        volumes = [v for d in datasets for v in gdata.load(d)]
+        volumes = [v for d in datasets for v in load_dataset(d)]
     volumes = [v for v in volumes if v.modality in MODALITIES and not v.is_rgb]
-    test_volumes = gdata.held_out_test(volumes)
+    test_volumes = held_out_test(volumes)
     val_volumes = training_splits(volumes, seed=split_seed)["val"]
     test_slices = prepare_slices(test_volumes, MODALITIES, allow_held_out=True)
     val_slices = prepare_slices(val_volumes, MODALITIES)  # refuses held-out subjects
     if not test_slices:
         raise ValueError(
-            f"no held-out test slices in {list(datasets)} (held-out: {sorted(gdata.HELD_OUT_TEST_SUBJECTS)})"
+            f"no held-out test slices in {list(datasets)} (held-out: {sorted(HELD_OUT_TEST_SUBJECTS)})"
         )
     test = make_bench_pairs(test_slices, scale, per_subject, seed, allow_held_out=True)
     val = make_bench_pairs(val_slices, scale, val_per_subject, seed + 1)
-    leaked = sorted(set(test.pairs.subjects) - gdata.HELD_OUT_TEST_SUBJECTS)
-    if leaked or set(val.pairs.subjects) & gdata.HELD_OUT_TEST_SUBJECTS:
+    leaked = sorted(set(test.pairs.subjects) - HELD_OUT_TEST_SUBJECTS)
+    if leaked or set(val.pairs.subjects) & HELD_OUT_TEST_SUBJECTS:
         raise AssertionError(f"split leakage: test non-held-out {leaked}, val {sorted(set(val.pairs.subjects))}")
     progress(f"{len(test)} test pairs from {sorted(set(test.pairs.subjects))}, {len(val)} val pairs")
 
@@ -435,9 +437,9 @@ def run(
         "data": {
             "datasets": list(datasets) if given is None else "volumes supplied by the caller",
             "test": "gan.data.held_out_test subjects only (HELD_OUT_TEST_SUBJECTS)",
-            "tuning": f"classical strength on the val split of gan.train.training_splits(seed={split_seed})",
+            "tuning": f"classical strength on the val split of gan.train.data.training_splits(seed={split_seed})",
             "region": f"central {CROP}x{CROP} HR crop of each [0, 1]-normalised slice (not full slices)",
-            "degradation": f"gan.train.make_pairs(allow_held_out=True), x{scale}, noise sigma "
+            "degradation": f"gan.train.data.make_pairs(allow_held_out=True), x{scale}, noise sigma "
             f"U{tuple(TrainConfig.noise_sigma)}, channels missing p={TrainConfig.missing_prob}, seed {seed}",
             "pairs_per_subject": per_subject,
             "data_range": 1.0,

@@ -58,9 +58,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.context import CONTEXT_SIZE
-from gan.export import export_onnx
-from gan.models.enhancer import TRUNKS, ContextEnhancer, MultiScaleBlock
+from core import CONTEXT_SIZE
+from gan import TRUNKS, ContextEnhancer, MultiScaleBlock, export_onnx
 
 THREADS = 2
 #: Modules whose FLOPs are counted (a MultiScaleBlock for its branch convs, which it runs functionally).
@@ -91,7 +90,7 @@ def variants_for(config: dict[str, Any]) -> tuple[dict[str, Any], ...]:
 
 def shipped(root: str | Path | None, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """``(config, state dict, label)`` of a registry enhancer (sha256 checked by :func:`gan.registry.load_model`)."""
-    from gan.registry import load_model
+    from gan import load_model
 
     model, card = load_model(root, name)
     if card.architecture != "enhancer" or card.config.get("scale") != 2 or card.config.get("in_channels", 1) != 1:

@@ -6,7 +6,7 @@ Method, all in one process and one run:
   sha256-checked by :func:`gan.registry.load_model`; nothing is trained here.
 * **Budget** — :func:`gan.models.hybrid.generator_path_parameters` (DCGAN + cGAN + SRGAN generators) against
   :data:`gan.models.hybrid.PARAMETER_BUDGET` (0.67 M).
-* **Speed** — one timed :func:`gan.train_hybrid.generate` of ``--n`` images (256; 64 with ``--quick``), half
+* **Speed** — one timed :func:`gan.synthesis.generate` of ``--n`` images (256; 64 with ``--quick``), half
   lesion, half no lesion, full chain: 5× candidates → criteria top 20 % → SRGAN to 128×128, torch with
   ``--threads`` (1) threads. ``images_per_s`` is wall clock (contended on a shared machine), ``cpu_s_per_image``
   the process CPU time per image; the 1-minute load average is reported next to them.
@@ -65,7 +65,7 @@ def _block_mean(images: np.ndarray, factor: int) -> np.ndarray:
 
 def _nearest_ssim(images: np.ndarray, reference: np.ndarray, candidates: int = 5) -> np.ndarray:
     """For each image, the highest SSIM to ``reference`` among its ``candidates`` nearest (Euclidean) patches."""
-    from gan import metrics
+    from gan import ssim
 
     flat_ref = reference.reshape(len(reference), -1)
     ref_sq = (flat_ref**2).sum(axis=1)
@@ -73,7 +73,7 @@ def _nearest_ssim(images: np.ndarray, reference: np.ndarray, candidates: int = 5
     for i, image in enumerate(images):
         distance = ref_sq - 2 * flat_ref @ image.ravel()
         nearest = np.argsort(distance)[:candidates]
-        out[i] = max(metrics.ssim(reference[j], image, 1.0) for j in nearest)
+        out[i] = max(ssim(reference[j], image, 1.0) for j in nearest)
     return out
 
 
@@ -85,7 +85,7 @@ def _fidelity(images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, held
     """
     from scipy.stats import wasserstein_distance
 
-    from gan import metrics
+    from gan import mean_gradient, spatial_frequency
 
     rng = np.random.default_rng(0)
 
@@ -93,10 +93,10 @@ def _fidelity(images: np.ndarray, labels: np.ndarray, held_out: np.ndarray, held
         flat = x.ravel()
         return flat[rng.choice(len(flat), min(len(flat), 200_000), replace=False)]
 
-    gradient = np.median([metrics.mean_gradient(x) for x in images])
-    frequency = np.median([metrics.spatial_frequency(x) for x in images])
-    ref_gradient = np.median([metrics.mean_gradient(x) for x in held_out])
-    ref_frequency = np.median([metrics.spatial_frequency(x) for x in held_out])
+    gradient = np.median([mean_gradient(x) for x in images])
+    frequency = np.median([spatial_frequency(x) for x in images])
+    ref_gradient = np.median([mean_gradient(x) for x in held_out])
+    ref_frequency = np.median([spatial_frequency(x) for x in held_out])
     figures = {
         "n": len(images),
         "intensity_w1": float(wasserstein_distance(pooled(images), pooled(held_out))),
@@ -124,12 +124,18 @@ def run(
     """Every figure of the benchmark as a JSON-serialisable dict (see the module docstring)."""
     import torch
 
-    from gan import data as gdata
-    from gan.fid import fid_and_is
-    from gan.lesions import lesion_patches
-    from gan.models.hybrid import PARAMETER_BUDGET, QualityCriteria, generator_path_parameters
-    from gan.registry import DEFAULT_ROOT, load_card
-    from gan.train_hybrid import generate, load_generators
+    from gan import (
+        DEFAULT_ROOT,
+        PARAMETER_BUDGET,
+        QualityCriteria,
+        fid_and_is,
+        generate,
+        generator_path_parameters,
+        lesion_patches,
+        load_card,
+        load_generators,
+        load_pyradiomics,
+    )
 
     root = Path(weights) if weights is not None else DEFAULT_ROOT
     n = n or (64 if quick else 256)
@@ -146,7 +152,7 @@ def run(
     candidates = generate(root, 5 * n, torch.arange(5 * n) % 2, seed, generators=generators, oversample=1, keep=1.0,
                           refine=False)  # fmt: skip
 
-    volumes = gdata.load_pyradiomics()
+    volumes = load_pyradiomics()
     card = load_card(root / f"{name}-cgan" / "card.json")
     train_info = card.training.data if isinstance(card.training.data, dict) else {}
     train_parts = [

@@ -26,13 +26,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from aegle.localservices import LOOPBACK, Mosquitto, free_port, http_ok
-from core import topics
-from core.vitals import Observation, VitalsMessage
-from sensors.publisher import MqttPublisher
-from server.store.sqlite import row_counts
+from aegle import LOOPBACK, Mosquitto, free_port, http_ok
+from core import (
+    MqttPublisher,
+    MqttSettings,
+    Observation,
+    VitalsMessage,
+    connect,
+    disconnect,
+    new_client,
+    subscribe,
+    topics,
+)
+from server import row_counts
 
 USERS = ("aegle-ingest", "aegle-bench")
 
@@ -59,29 +65,26 @@ def raw_subscriber(port: int, password: str, n: int) -> None:
     done = threading.Event()
     count = 0
 
-    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+    def on_message(_c: object, _u: object, _m: object) -> None:
         nonlocal count
         count += 1
         if count >= n:
             done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
-    client.username_pw_set("aegle-bench", password)
+    cfg = MqttSettings(host=LOOPBACK, port=port, username="aegle-bench", password=password)
+    client = new_client(cfg, "bench-raw")
     client.on_message = on_message
-    client.on_subscribe = lambda *_: print("ready", flush=True)
-    client.connect(LOOPBACK, port)
-    client.subscribe(topics.vitals_filter(), qos=1)
-    client.loop_start()
+    connect(client, cfg)
+    subscribe(client, topics.vitals_filter())
+    print("ready", flush=True)
     done.wait()
     print(f"{time.time():.6f}", flush=True)
-    client.disconnect()
-    client.loop_stop()
+    disconnect(client)
 
 
 def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> float:
     """Publish every message at QoS 1 with the bounded-backlog publisher; return the wall time it started."""
-    pub = MqttPublisher(LOOPBACK, broker.port, "bench-pub", username="aegle-bench",
-                        password=broker.users["aegle-bench"], max_backlog=2000)
+    pub = MqttPublisher(broker.mqtt_settings("aegle-bench"), "bench-pub", max_backlog=2000)
     started = time.time()
     for topic, payload in messages:
         pub.publish(topic, payload)

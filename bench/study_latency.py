@@ -43,7 +43,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from aegle.localservices import Orthanc
+from aegle import Orthanc
 from bench._service import (
     BRAIN_MR,
     AegleService,
@@ -54,7 +54,7 @@ from bench._service import (
     run_isolated,
 )
 from bench.ingest import cpu_seconds
-from server.pacs.dicomweb import encode_instance, encode_multipart
+from server import encode_instance, encode_multipart
 
 SLICES = 20
 TEMPLATE = "MR2_UNCR.dcm"  # pydicom-data: a real Philips MR Image Storage header

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,17 +73,25 @@ class SensorContext:
     def completeness(self) -> float:
         return float(self.vector[-1])
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (published retained per patient)."""
-        return {
-            "patient_id": self.patient_id,
-            "at": self.at.isoformat().replace("+00:00", "Z"),
+    def to_dict(self, *, patient: bool = True, vector: bool = True) -> dict[str, Any]:
+        """The one JSON form of a context: ``patient_id``, ``at`` (UTC, ``Z``), ``window_s``, ``completeness``,
+        ``levels``, ``ages_s``, ``fields`` (the vector's layout) and ``vector`` (rounded to 6 decimals).
+
+        Published retained per patient and answered by the API in full; ``patient=False`` leaves out the patient id
+        (result events, the derived DICOM's private block, ``X-Aegle-Applied``); ``vector=False`` also leaves out
+        the vector and its layout (the study log, ``X-Aegle-Result``).
+        """
+        data: dict[str, Any] = {"patient_id": self.patient_id} if patient else {}
+        data |= {
+            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "window_s": self.window_s,
-            "levels": self.levels,
-            "ages_s": self.ages_s,
-            "fields": list(CONTEXT_FIELDS),
-            "vector": [round(float(x), 6) for x in self.vector],
+            "completeness": round(self.completeness, 4),
+            "levels": dict(self.levels),
+            "ages_s": dict(self.ages_s),
         }
+        if vector:
+            data |= {"fields": list(CONTEXT_FIELDS), "vector": [round(float(x), 6) for x in self.vector]}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SensorContext:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError, from_json
@@ -71,20 +71,6 @@ VITAL_SIGNS: tuple[VitalSign, ...] = (
 )
 BY_CODE: dict[str, VitalSign] = {v.code: v for v in VITAL_SIGNS}
 
-REJECT_REASONS = (
-    "payload_too_large",
-    "malformed_json",
-    "missing_field",
-    "invalid_field",
-    "unknown_code",
-    "wrong_unit",
-    "impossible_value",
-    "naive_timestamp",
-    "timestamp_in_future",
-    "timestamp_too_old",
-    "duplicate_observation",
-    "topic_mismatch",
-)
 RejectReason = Literal[
     "payload_too_large",
     "malformed_json",
@@ -99,6 +85,7 @@ RejectReason = Literal[
     "duplicate_observation",
     "topic_mismatch",
 ]
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 
 class VitalsRejected(ValueError):

@@ -11,8 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.logsafety import configure_logging
-from core.settings import EdgeSettings
+from core import EdgeSettings, configure_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +35,7 @@ def settings_from(args: argparse.Namespace, base: EdgeSettings) -> EdgeSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run an edge node until SIGTERM."""
-    from core.settings import Settings
+    from core import Settings
     from edge.node import EdgeNode
 
     parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__.splitlines()[0])

@@ -19,10 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from core import topics
-from core.dicom_chunks import chunk_properties
+from core import MqttConnectError, MqttPublisher, MqttSettings, chunk_properties, topics
 from edge.outbox import Outbox, Pending
-from sensors.publisher import MqttConnectError, MqttPublisher
 
 log = logging.getLogger("aegle.edge.forwarder")
 
@@ -32,22 +30,20 @@ class ForwardRefused(RuntimeError):
 
 
 class Forwarder:
-    """Forward every instance of an :class:`~edge.outbox.Outbox`, oldest first, in a background thread."""
+    """Forward every instance of an :class:`~edge.outbox.Outbox`, oldest first, in a background thread, to the
+    broker of ``mqtt`` with its login and TLS."""
 
     def __init__(
         self,
         outbox: Outbox,
-        host: str,
-        port: int,
-        username: str | None,
-        password: str | None,
+        mqtt: MqttSettings,
         window: int = 32,
         progress_every: int = 64,
         retry_s: float = 5.0,
         poll_s: float = 1.0,
     ) -> None:
         self.outbox = outbox
-        self.host, self.port, self.username, self.password = host, port, username, password
+        self.mqtt = mqtt
         self.window, self.progress_every, self.retry_s, self.poll_s = window, progress_every, retry_s, poll_s
         self.forwarded = 0
         self.last_error: str | None = None
@@ -97,11 +93,7 @@ class Forwarder:
 
     def _connected(self) -> MqttPublisher:
         if self._publisher is None:
-            edge_id = self.outbox.edge_id
-            self._publisher = MqttPublisher(
-                self.host, self.port, client_id=f"aegle-edge-{edge_id}", username=self.username,
-                password=self.password, max_backlog=self.window,
-            )
+            self._publisher = MqttPublisher(self.mqtt, f"aegle-edge-{self.outbox.edge_id}", max_backlog=self.window)
         return self._publisher
 
     def forward(self, item: Pending) -> bool:

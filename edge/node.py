@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 
-from core.settings import EdgeSettings, MqttSettings
+from core import EdgeSettings, MqttSettings
 from edge.forwarder import Forwarder
 from edge.outbox import Outbox
 from edge.scp import StorageSCP
@@ -27,9 +27,7 @@ class EdgeNode:
                 "node publish only under its own username"
             )
         self.outbox = Outbox(edge.outbox_path, edge.site, edge_id, edge.chunk_size, edge.max_outbox_bytes)
-        self.forwarder = Forwarder(
-            self.outbox, mqtt.host, mqtt.port, mqtt.username, mqtt.secret(), window=edge.window
-        )
+        self.forwarder = Forwarder(self.outbox, mqtt, window=edge.window)
         self.scp = StorageSCP(
             self.outbox, edge.ae_title, edge.dicom_host, edge.dicom_port, on_stored=self.forwarder.notify
         )

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.dicom_chunks import DEFAULT_CHUNK_BYTES, TransferManifest, new_manifest
-from core.durable import fsync_dir, write_durably
+from core import DEFAULT_CHUNK_BYTES, TransferManifest, fsync_dir, new_manifest, write_durably
 
 log = logging.getLogger("aegle.edge.outbox")
 INSTANCE = "instance.dcm"

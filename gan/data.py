@@ -17,6 +17,8 @@ Conventions of :class:`Volume`:
   dtype: 12/16-bit MR and CR stay integers (an MR rescale, when present, is kept in ``meta``, not applied).
 - ``spacing`` is millimetres per spatial axis of ``pixels`` (NaN where unknown), or None when unknown.
 - ``photometric`` is stored as acquired; :func:`display_pixels` gives display-oriented data (MONOCHROME1 inverted).
+- ``single_instance`` is True for DICOM: ``pixels`` are one instance (all its frames), the unit of the intensity
+  normalisation (:mod:`gan.intensity`); the slices of a NIfTI or NRRD volume are normalised one by one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+
+from gan.intensity import SOFT_TISSUE_WINDOW
 
 __all__ = [
     "DATASETS",
@@ -60,8 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where ``scripts/fetch-data`` puts the pyradiomics source archive (``AEGLE_DATA_DIR`` overrides ``var/data``).
 PYRADIOMICS_ARCHIVE = Path(os.environ.get("AEGLE_DATA_DIR", REPO_ROOT / "var" / "data")) / "pyradiomics-3.0.1.tar.gz"
 
-#: Default CT windows (center, width) in HU when the source gives none.
-SOFT_TISSUE_WINDOW = (40.0, 400.0)
+#: CT window (center, width) in HU of the pyradiomics lung volumes (the DICOM default is SOFT_TISSUE_WINDOW).
 LUNG_WINDOW = (-600.0, 1500.0)
 
 
@@ -78,6 +81,7 @@ class Volume:
     mask: np.ndarray | None = None
     window: tuple[float, float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    single_instance: bool = False  # pixels are one DICOM instance (all its frames): normalised as one
 
     @property
     def is_rgb(self) -> bool:
@@ -303,6 +307,7 @@ def _dicom_volume(name: str, path: Path, ds: Any, arr: np.ndarray) -> Volume:
         spacing=_spacing(ds, arr.ndim),
         window=window,
         meta=meta,
+        single_instance=True,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from core.context import SensorContext
+from core import SensorContext
 
 SCALES: tuple[int, ...] = (1, 2, 4)
 MODALITIES: frozenset[str] = frozenset({"CT", "MR", "CR", "DX"})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.durable import durable_file
+from core import durable_file
 
 if TYPE_CHECKING:
     import numpy as np

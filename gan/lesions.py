@@ -20,8 +20,8 @@ uniformly. No-lesion patches therefore sample the whole body (in lung CT mostly 
 than the lung around the tumours): a classifier can lean on intensity; that is the data, not hidden here.
 Slices are padded symmetrically (mirror) by ``size // 2`` so patches may reach past the image border (breast1 is
 only 45 pixels wide); the mask is mirrored the same way, so "no mask pixel in the patch" also covers mirrored
-tumour. Intensities are :func:`gan.train.normalise_volume` (CT: the lung window of the volume; MR:
-``(x − min) / (p99.5 − min)`` per volume), in [0, 1].
+tumour. Intensities are :func:`gan.intensity.normalise_volume` (CT: the lung window of the volume; MR:
+``(x − min) / (p99.5 − min)`` per axial slice, the unit a single-frame instance would have), in [0, 1].
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gan import data as gdata
-from gan.train import normalise_volume
+from gan.intensity import normalise_volume
 
 __all__ = ["MIN_BODY", "SPLITS", "LesionPatches", "body_mask", "lesion_patches"]
 

@@ -201,6 +201,18 @@ class FeatureNetwork(nn.Module):
         return cls(trunk, taps, kind, in_channels=getattr(model, "in_channels", in_channels))
 
     @classmethod
+    def from_spec(cls, spec: str) -> FeatureNetwork:
+        """The network a command line names: ``se-classifier`` (random trunk), ``se-classifier:<name>`` (registry,
+        default root), ``se-classifier:<root>/<name>`` (registry under ``root``), else a VGG-19 state-dict file."""
+        if spec == "se-classifier":
+            return cls.se_classifier()
+        if spec.startswith("se-classifier:"):
+            where = Path(spec.split(":", 1)[1])
+            root = where.parent if len(where.parts) > 1 else None
+            return cls.se_classifier(registry_root=root, name=where.name)
+        return cls.vgg19(spec)
+
+    @classmethod
     def vgg19(cls, weights: str | os.PathLike[str], taps: Sequence[int] = (34,)) -> FeatureNetwork:
         """VGG-19 features from a user-supplied torchvision-layout state dict (``.pth`` or ``.safetensors``).
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.durable import durable_file, replace_durably
+from core import durable_file, replace_durably
 
 if TYPE_CHECKING:
     import torch

@@ -1,8 +1,8 @@
 """Image-quality triage: is a slice of diagnostic quality, or noisy, motion-blurred, low-resolution (or several)?
 
-The server calls :func:`preprocess` on one 2-D grayscale image in [0, 1] (CT windowed, MR normalised as in
-:func:`gan.train.normalise_volume`), runs the ``triage-classifier`` weights (an ``se-classifier``) and hands the
-logits to :func:`interpret`, which says whether to enhance and why. :func:`classify` does all three.
+The server calls :func:`preprocess` on one 2-D grayscale image in model space [0, 1] (:mod:`gan.intensity`), runs
+the ``triage-classifier`` weights (an ``se-classifier``) and hands the logits to :func:`interpret`, which says
+whether to enhance and why. :func:`classify` does all three.
 
 **Multi-label head.** The network has one sigmoid output per class of :data:`TRIAGE_CLASSES`, trained with
 binary cross-entropy, not one softmax over the four. Degradations co-occur (a restless, breathless patient on a
@@ -16,16 +16,12 @@ its own output (target 1 exactly when no degradation was applied).
 are mirror-padded). Shrinking a 512² slice to 128² would average 4×4 blocks and so remove exactly the pixel-level
 evidence the classes are about: noise grain, a 3-pixel motion smear, and the loss of detail of a ×2 acquisition.
 
-**What the classes mean** (the simulation of :mod:`gan.degrade`, severities in :data:`SEVERITY`):
+**What the classes mean**: ``noisy``, ``motion-blurred`` (motion, breathing and cardiac blur) and
+``low-resolution`` (an image whose *effective* resolution is below its pixel grid; a small matrix by itself is read
+from the DICOM header — Rows, Columns, PixelSpacing — not from the pixels), as simulated for training by
+:mod:`gan.train.classifier_data`.
 
-- ``noisy``: Gaussian noise (Rician for MR) with σ uniform in ``noise_sigma`` (fraction of the [0, 1] range);
-- ``motion-blurred``: :func:`gan.degrade.params_from_context` with a motion level uniform in ``motion`` (m/s²,
-  3–9 pixel blur at a random angle), plus breathing and cardiac blur for chest images;
-- ``low-resolution``: a ×2 or ×4 block-mean acquisition interpolated back to the matrix (cubic spline): an image
-  whose *effective* resolution is below its pixel grid. A small matrix by itself is read from the DICOM header
-  (Rows, Columns, PixelSpacing), not from the pixels.
-
-Every degradation is applied independently with probability :data:`DEGRADATION_PROB`.
+This module is what serving needs (input, output, weights); it holds no training code.
 """
 
 from __future__ import annotations
@@ -36,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.settings import DEFAULT_TRIAGE
+from core import DEFAULT_TRIAGE
+from gan.intensity import NORMALISATION
 
 if TYPE_CHECKING:
     import os
@@ -47,14 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_THRESHOLD",
-    "DEGRADATION_PROB",
     "INPUT_SIDE",
     "MODEL_NAME",
-    "SEVERITY",
     "TRIAGE_CLASSES",
-    "TriageDegradation",
     "TriageResult",
-    "apply_degradation",
     "card_input",
     "card_thresholds",
     "center_window",
@@ -63,7 +56,6 @@ __all__ = [
     "interpret",
     "load_triage",
     "preprocess",
-    "sample_degradation",
     "threshold_vector",
 ]
 
@@ -73,16 +65,6 @@ TRIAGE_CLASSES: tuple[str, ...] = ("diagnostic", "noisy", "motion-blurred", "low
 INPUT_SIDE = 128
 #: Registry name of the shipped weights.
 MODEL_NAME = DEFAULT_TRIAGE  # the name training writes; the server serves settings.inference.triage
-#: Ranges the simulated degradations are drawn from (uniform; ``scales`` uniform over the tuple).
-SEVERITY: dict[str, tuple[float, ...]] = {
-    "noise_sigma": (0.02, 0.10),
-    "motion": (2.5, 8.0),
-    "respiratory_rate": (16.0, 35.0),
-    "heart_rate": (75.0, 150.0),
-    "scales": (2, 4),
-}
-#: Probability of each degradation, independently (so P(diagnostic) = 0.6³ ≈ 0.22).
-DEGRADATION_PROB = 0.4
 #: Decision threshold of every class when the model card stores none (``input.thresholds``).
 DEFAULT_THRESHOLD = 0.5
 _RANGE_TOLERANCE = 1e-3
@@ -236,64 +218,14 @@ def classify(
     return interpret(logits, thresholds)
 
 
-# ------------------------------------------------------------------------------------------- degradations
-
-
-@dataclass(frozen=True)
-class TriageDegradation:
-    """What to apply: ``noise_sigma`` 0 = none, ``motion`` None = still patient, ``scale`` 1 = full resolution."""
-
-    noise_sigma: float = 0.0
-    motion: Mapping[str, float] | None = None
-    scale: int = 1
-
-
-def sample_degradation(rng: np.random.Generator, prob: float = DEGRADATION_PROB) -> TriageDegradation:
-    """Each degradation independently with probability ``prob``, severity uniform in :data:`SEVERITY`."""
-    noisy, moving, low_res = (bool(v) for v in rng.uniform(size=3) < prob)
-    sigma = float(rng.uniform(*SEVERITY["noise_sigma"])) if noisy else 0.0
-    motion = None
-    if moving:
-        motion = {k: float(rng.uniform(*SEVERITY[k])) for k in ("motion", "respiratory_rate", "heart_rate")}
-    scale = int(rng.choice(SEVERITY["scales"])) if low_res else 1
-    return TriageDegradation(sigma, motion, scale)
-
-
-def apply_degradation(
-    image: np.ndarray, degradation: TriageDegradation, modality: str, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(degraded image, 4 targets)``: blur → block mean → cubic interpolation back → noise, clipped to [0, 1].
-
-    ``image`` is 2-D in [0, 1] with sides divisible by the scale; ``modality`` as for
-    :func:`gan.degrade.params_from_context` ("CT:CHEST", "MR"). Targets follow :data:`TRIAGE_CLASSES`;
-    ``motion-blurred`` is 1 when a blur of at least 3 pixels was actually applied.
-    """
-    from scipy.ndimage import zoom
-
-    from gan.degrade import DegradationParams, degrade, params_from_context
-
-    blur = params_from_context(degradation.motion, modality, rng, scale=degradation.scale)
-    out = degrade(image, blur, (0.0, 1.0), rng)
-    if degradation.scale > 1:
-        out = zoom(out, degradation.scale, order=3, mode="grid-mirror", grid_mode=True)
-    if degradation.noise_sigma > 0:
-        noise = DegradationParams(noise_sigma=degradation.noise_sigma, rician=blur.rician)
-        out = degrade(out, noise, (0.0, 1.0), rng)
-    blurred = max(blur.motion_blur_px, blur.resp_blur_px, blur.cardiac_blur_px) > 1
-    targets = np.array([0.0, degradation.noise_sigma > 0, blurred, degradation.scale > 1], np.float32)
-    targets[0] = float(not targets[1:].any())
-    return np.clip(out, 0.0, 1.0).astype(np.float32), targets
-
-
 def card_input() -> dict[str, Any]:
     """The ``input`` block of the triage model card."""
     return {
         "channels": 1,
         "scale": 1,
         "context_size": 0,
-        "normalisation": "CT: window (center, width) to [0, 1]; MR: (x - min) / (p99.5 - min) per volume; "
-        f"clipped to [0, 1]; then gan.triage.preprocess (central {INPUT_SIDE}x{INPUT_SIDE} window, native "
-        "resolution, mirror-padded when smaller)",
+        "normalisation": f"{NORMALISATION}; then gan.triage.preprocess (central {INPUT_SIDE}x{INPUT_SIDE} window, "
+        "native resolution, mirror-padded when smaller)",
         "side": INPUT_SIDE,
         "classes": list(TRIAGE_CLASSES),
         "head": "multi-label: one sigmoid per class",

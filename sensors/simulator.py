@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from core import topics
-from core.vitals import BY_CODE, LOINC, REJECT_REASONS, SCHEMA
+from core import BY_CODE, LOINC, REJECT_REASONS, SCHEMA, topics
 
 #: Rejection reasons a device can provoke (all of them: a cloned device id gives ``topic_mismatch``).
 DEVICE_REJECT_REASONS: tuple[str, ...] = REJECT_REASONS

@@ -32,11 +32,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from core import topics
-from core.context import ContextCache
-from core.mqtt import PersistentSubscriber, broker_confirmed
-from core.settings import Settings
-from core.vitals import MAX_PAYLOAD_BYTES, Sample, VitalsRejected, dumps_compact, parse_samples
+from core import (
+    MAX_PAYLOAD_BYTES,
+    ContextCache,
+    PersistentSubscriber,
+    Sample,
+    Settings,
+    VitalsRejected,
+    broker_confirmed,
+    dumps_compact,
+    new_client,
+    parse_samples,
+    topics,
+)
 from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
 
 log = logging.getLogger("aegle.ingest")
@@ -99,9 +107,9 @@ class LeanPublishClient(mqtt.Client):
     """
 
     def __init__(
-        self, receive: Callable[[int, str, bytes], None], packets_per_read: int = 1000, **kwargs: Any
+        self, *args: Any, receive: Callable[[int, str, bytes], None], packets_per_read: int = 1000, **kwargs: Any
     ) -> None:
-        super().__init__(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        super().__init__(*args, **kwargs)
         self._receive = receive
         self._packets_per_read = packets_per_read
 
@@ -196,7 +204,7 @@ class IngestWorker(PersistentSubscriber):
 
     def _new_client(self, client_id: str) -> mqtt.Client:
         """A :class:`LeanPublishClient`: up to 1000 own publishes in flight, no limit on paho's outgoing queue."""
-        client = LeanPublishClient(self._receive, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+        client = new_client(self._mqtt, client_id, LeanPublishClient, receive=self._receive, manual_ack=True)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         return client

@@ -42,7 +42,7 @@ def save_test_models(root: Path) -> None:
 
     from gan.models import build
     from gan.registry import save_model
-    from gan.train_hybrid import STAGES
+    from gan.synthesis import STAGES
     from gan.triage import TRIAGE_CLASSES, card_input
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from aegle.dicomcheck import dciodvfy
-from server.study.pipeline import EnhanceFn
+from server.study import EnhanceFn
 
 
 def pydicom_file(name: str) -> Path:

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
 
 from aegle.localservices import Mosquitto
-from core.settings import IngestSettings, MqttSettings, Settings, StoreSettings
+from core.mqtt import connect, disconnect, new_client, subscribe
+from core.settings import IngestSettings, Settings, StoreSettings
 
 SERVICE_USERS = ("aegle-ingest", "aegle-server", "aegle-test")  # roles: core.accounts.SERVICE_ACCOUNTS
-V2 = mqtt.CallbackAPIVersion.VERSION2
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
@@ -27,25 +26,31 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
 
 
 class Collector:
-    """A paho subscriber (the test harness account) recording every message on a filter, retained ones included."""
+    """A subscriber recording every message on a filter at QoS 1, retained ones included; logged in as ``user``
+    (the test harness account by default; None on a broker without authentication)."""
 
-    def __init__(self, broker: Mosquitto, topic_filter: str, user: str = "aegle-test") -> None:
+    def __init__(self, broker: Mosquitto, topic_filter: str, user: str | None = "aegle-test") -> None:
         self.messages: list[mqtt.MQTTMessage] = []
-        self.client = mqtt.Client(V2, client_id=f"collector-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(user, broker.users[user])
-        subscribed = threading.Event()
-        suback: list[ReasonCode] = []
-        self.client.on_message = lambda _c, _u, m: self.messages.append(m)
-        self.client.on_subscribe = lambda _c, _u, _mid, codes, _p: (suback.extend(codes), subscribed.set())
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        self.client.subscribe(topic_filter, qos=1)
-        assert subscribed.wait(5) and not suback[0].is_failure, f"{user} may not subscribe to {topic_filter}: {suback}"
+        self._changed = threading.Condition()
+        cfg = broker.mqtt_settings(user)
+        self.client = new_client(cfg, f"collector-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        connect(self.client, cfg)
+        suback = subscribe(self.client, topic_filter)
+        assert not suback[0].is_failure, f"{user} may not subscribe to {topic_filter}: {suback}"
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` messages have arrived."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
+        disconnect(self.client)
 
 
 def ingest_settings(
@@ -53,8 +58,7 @@ def ingest_settings(
 ) -> Settings:
     """Settings for an ingest worker on ``broker`` with its spool under ``tmp_path``."""
     return Settings(
-        mqtt=MqttSettings(host="127.0.0.1", port=broker.port, username="aegle-ingest",
-                          password=broker.users["aegle-ingest"]),
+        mqtt=broker.mqtt_settings("aegle-ingest"),
         store=store or StoreSettings(backend="sqlite", sqlite_path=tmp_path / "vitals.sqlite"),
         ingest=IngestSettings(spool_path=tmp_path / f"spool-{ingest.get('worker_id', 'w')}.sqlite", **ingest),
     )

@@ -128,6 +128,7 @@ def test_enhance_one_instance_returns_the_derived_dicom_with_context(service: Se
     applied = json.loads(r.headers["X-Aegle-Result"])
     assert applied["model"] == "enhancer-x2" and applied["scale"] == 2 and applied["strength"] is not None
     assert applied["context"]["completeness"] == pytest.approx(2 / 7, abs=1e-4)
+    assert set(applied["context"]) == {"at", "window_s", "completeness", "levels", "ages_s"}  # the summary: no vector
     assert PATIENT not in r.headers["X-Aegle-Result"]
     studies = service.client.get(f"/api/v1/studies/{source.StudyInstanceUID}", headers=service.auth("operator"))
     assert studies.json()["results"][0]["outcome"] == "processed"

@@ -209,6 +209,13 @@ def test_patient_context_and_vitals_come_from_the_store(service: Service) -> Non
     body = ctx.json()
     assert body["levels"]["heart_rate"] == pytest.approx(74.0) and body["levels"]["spo2"] == 97.0
     assert body["vector"][-1] == pytest.approx(2 / 7, abs=1e-5)  # 2 of 7 channels present
+    assert body["completeness"] == round(2 / 7, 4)
+    # One JSON form of a context: what an enhancement at that time reports is the same, without the patient id.
+    image = png_bytes((real_slice(64) * 255).astype(np.uint8))
+    r = service.client.post("/api/v1/enhance", params={"patient_id": PATIENT, "at": now.isoformat()}, content=image,
+                            headers=clin)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["X-Aegle-Applied"])["context"] == {k: v for k, v in body.items() if k != "patient_id"}
     vit = service.client.get(
         f"/api/v1/patients/{PATIENT}/vitals",
         params={"from": (now - timedelta(minutes=2)).isoformat(), "to": now.isoformat()}, headers=clin,
@@ -230,7 +237,7 @@ def test_enhance_png_8_and_16_bit_and_npy_keep_format_and_report_what_was_applie
     assert applied["model"] == "enhancer-x2" and applied["version"] == "0.0.0-test" and applied["scale"] == 2
     assert applied["backend"] == "onnxruntime" and 0 < applied["strength"] < 2 and len(applied["alphas"]) == 4
     assert applied["context"]["completeness"] == pytest.approx(2 / 7, abs=1e-4)
-    assert "patient_id" not in applied["context"]
+    assert set(applied["context"]) == {"at", "window_s", "completeness", "levels", "ages_s", "fields", "vector"}
     assert json.loads(png_text(r8.content)["aegle:applied"]) == applied
     from PIL import Image
 

@@ -15,7 +15,7 @@ from bench import classifier as bench
 def test_quick_run_reports_both_arms_and_triage_with_intervals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gan.train_hybrid import main as train_hybrid
+    from gan.train.hybrid import main as train_hybrid
 
     hybrid = tmp_path / "hybrid"
     assert train_hybrid(["--out", str(hybrid), "--dcgan-steps", "2", "--cgan-steps", "2", "--srgan-steps", "2",

@@ -12,7 +12,8 @@ import pytest
 from bench import enhancer_quality as eq
 from gan import data
 from gan.registry import CARD_FILE, DEFAULT_ROOT, load_card
-from gan.train import TrainConfig, train_enhancer, training_splits
+from gan.train.data import training_splits
+from gan.train.enhancer import TrainConfig, train_enhancer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_quick_run_fields_and_no_leakage(weights: Path, volumes: list[data.Volum
 
 
 def test_pairs_are_deterministic_and_held_out_only(volumes: list[data.Volume]) -> None:
-    from gan.train import prepare_slices
+    from gan.train.data import prepare_slices
 
     slices = prepare_slices(data.held_out_test(volumes), allow_held_out=True)
     a = eq.make_bench_pairs(slices, 2, 2, seed=5, allow_held_out=True)

@@ -9,7 +9,6 @@ in the ingest share group made half of all vitals vanish.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.reasoncodes import ReasonCode
 
-from aegle.localservices import LOOPBACK, Mosquitto
+from aegle.localservices import Mosquitto
 from core import topics
 from core.accounts import (
     SERVICE_ACCOUNTS,
@@ -32,11 +30,11 @@ from core.accounts import (
     mosquitto_dynsec_config,
     service,
 )
+from core.mqtt import MqttPublisher, connect, disconnect, new_client, subscribe
 from core.vitals import Observation, VitalsMessage
-from sensors.publisher import MqttPublisher
 from server.ingest import IngestWorker
 from server.store import open_store
-from tests.support import V2, ingest_settings, wait_for
+from tests.support import ingest_settings, wait_for
 
 TID = "0b9f6c1e-5d7a-4a53-9f0e-1f1a2b3c4d5e"
 ACCOUNTS = {
@@ -132,21 +130,14 @@ def test_the_generated_configuration_refuses_by_default_and_hashes_passwords() -
     assert "secret-password" not in str(config) and client["iterations"] >= 100
 
 
-def suback(port: int, username: str, password: str, filters: list[str]) -> dict[str, int]:
+def suback(broker: Mosquitto, username: str, filters: list[str]) -> dict[str, int]:
     """The SUBACK reason code of each filter, subscribed to in one SUBSCRIBE."""
-    client = mqtt.Client(V2, client_id=f"{username}-sub-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    codes: list[ReasonCode] = []
-    done = threading.Event()
-    client.on_subscribe = lambda _c, _u, _mid, reasons, _p: (codes.extend(reasons), done.set())
-    client.connect(LOOPBACK, port)
-    client.loop_start()
+    cfg = broker.mqtt_settings(username)
+    client = connect(new_client(cfg, f"{username}-sub-{time.monotonic_ns()}"), cfg)
     try:
-        client.subscribe([(f, 1) for f in filters])
-        assert done.wait(10), "no SUBACK"
+        codes = subscribe(client, filters)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect(client)
     return {f: code.value for f, code in zip(filters, codes, strict=True)}
 
 
@@ -165,17 +156,16 @@ def policy_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 @pytest.mark.parametrize("kind", sorted(ACCOUNTS))
 def test_each_account_may_publish_and_subscribe_to_exactly_its_grants(policy_broker: Mosquitto, kind: str) -> None:
     account = ACCOUNTS[kind]
-    password = policy_broker.users[account.username]
     may_publish, may_subscribe = MAY[kind]
-    with MqttPublisher(LOOPBACK, policy_broker.port, f"{account.username}-pub-{time.monotonic_ns()}",
-                       account.username, password) as pub:  # fmt: skip
+    login = policy_broker.mqtt_settings(account.username)
+    with MqttPublisher(login, f"{account.username}-pub-{time.monotonic_ns()}") as pub:
         for topic in TOPICS.values():
             pub.publish(topic, b"{}")
         assert pub.flush(10)
         assert pub.acknowledged == len(TOPICS)
         refused = {r.topic: r.code for r in pub.refused}
     assert refused == {TOPICS[name]: 0x87 for name in TOPICS if name not in may_publish}
-    codes = suback(policy_broker.port, account.username, password, FILTERS)
+    codes = suback(policy_broker, account.username, FILTERS)
     assert {f: code for f, code in codes.items() if code >= 0x80} == {
         f: 0x87 for f in FILTERS if f not in may_subscribe
     }
@@ -185,7 +175,7 @@ def test_each_account_may_publish_and_subscribe_to_exactly_its_grants(policy_bro
 def test_a_username_is_registered_once_on_a_running_broker(policy_broker: Mosquitto) -> None:
     with pytest.raises(RuntimeError, match="refused to register accounts"):
         policy_broker.add_accounts([device("mon-1", "ward-9")])
-    with MqttPublisher(LOOPBACK, policy_broker.port, "mon-1-again", "mon-1", policy_broker.users["mon-1"]) as pub:
+    with MqttPublisher(policy_broker.mqtt_settings("mon-1"), "mon-1-again") as pub:
         pub.publish(topics.vitals("ward-9", "mon-1"), b"{}")
         assert pub.flush(10) and [r.code for r in pub.refused] == [0x87]  # still granted its own site only
 
@@ -194,23 +184,19 @@ def test_a_device_cannot_join_the_ingest_share_group(broker: Mosquitto, tmp_path
     """Issue 13's probe: a device subscribed to the ingest share group, so the broker handed it every second vitals
     message and dropped them (50 of 100 stored, all 100 acknowledged). Now its SUBSCRIBE is refused and all
     100 are stored."""
-    password = broker.add_accounts([device("mon-1", "ward-1")])["mon-1"]
+    broker.add_accounts([device("mon-1", "ward-1")])
     settings = ingest_settings(broker, tmp_path, worker_id="probe")
     worker = IngestWorker(settings).start()
-    intruder = mqtt.Client(V2, client_id="mon-1-intruder", protocol=mqtt.MQTTv5)
-    intruder.username_pw_set("mon-1", password)
-    codes: list[ReasonCode] = []
-    answered, stolen = threading.Event(), []
-    intruder.on_subscribe = lambda _c, _u, _mid, reasons, _p: (codes.extend(reasons), answered.set())
+    login = broker.mqtt_settings("mon-1")
+    intruder = new_client(login, "mon-1-intruder")
+    stolen: list[mqtt.MQTTMessage] = []
     intruder.on_message = lambda _c, _u, message: stolen.append(message)
-    intruder.connect(LOOPBACK, broker.port)
-    intruder.loop_start()
+    connect(intruder, login)
     now = datetime.now(UTC)
     try:
-        intruder.subscribe(topics.shared_vitals_filter(), qos=1)
-        assert answered.wait(10)
+        codes = subscribe(intruder, topics.shared_vitals_filter())
         assert [(c.value, str(c)) for c in codes] == [(0x87, "Not authorized")]
-        with MqttPublisher(LOOPBACK, broker.port, "mon-1", "mon-1", password) as pub:
+        with MqttPublisher(login, "mon-1") as pub:
             for i in range(100):
                 message = VitalsMessage(message_id=f"probe-{i:04d}", site="ward-1", device_id="mon-1",
                                         patient_id="enc-probe", timestamp=now - timedelta(seconds=100 - i),
@@ -220,8 +206,7 @@ def test_a_device_cannot_join_the_ingest_share_group(broker: Mosquitto, tmp_path
         wait_for(lambda: worker.metrics.value("aegle_ingest_messages_total", outcome="accepted") >= 100, 20,
                  "all 100 messages accepted")
     finally:
-        intruder.disconnect()
-        intruder.loop_stop()
+        disconnect(intruder)
         worker.stop()
     store = open_store(settings.store)
     try:

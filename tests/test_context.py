@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -95,3 +96,17 @@ def test_dict_round_trip_and_layout_check() -> None:
     bad = ctx.to_dict() | {"fields": ["z_heart_rate"]}
     with pytest.raises(ValueError, match="layout"):
         SensorContext.from_dict(bad)
+
+
+def test_one_json_form_with_or_without_the_patient_and_the_vector() -> None:
+    cache = ContextCache(keep_s=10**9)
+    cache.add([sample("8867-4", 0, 80), sample("8310-5", 0, 38.2)])
+    ctx = cache.context("enc-1", T0 + timedelta(seconds=5))
+    full = ctx.to_dict()
+    assert list(full) == ["patient_id", "at", "window_s", "completeness", "levels", "ages_s", "fields", "vector"]
+    assert (full["patient_id"], full["at"], full["completeness"]) == ("enc-1", "2026-11-21T12:00:05Z", 0.2857)
+    assert full["fields"] == list(CONTEXT_FIELDS) and full["vector"] == [round(float(v), 6) for v in ctx.vector]
+    assert ctx.to_dict(patient=False) == {k: v for k, v in full.items() if k != "patient_id"}
+    assert ctx.to_dict(patient=False, vector=False) == {k: v for k, v in full.items()
+                                                        if k not in ("patient_id", "fields", "vector")}  # fmt: skip
+    json.dumps(full, allow_nan=False)  # plain JSON

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from core.context import SensorContext, context_from_series
+from core.vitals import to_ms
 from server.study import (
     bicubic,
     derived_series,
@@ -25,8 +28,9 @@ from server.study.pixels import unplanes
 from tests.dicom_support import assert_dciodvfy_clean, dciodvfy, pydicom_data_file, pydicom_file, random_enhancer
 
 MR700 = sorted((pydicom_file("dicomdirtests/98892003/MR700")).iterdir())  # one real 7-slice MR series
-CONTEXT = {"at": "1997-04-30T16:29:36Z", "window_s": 300.0, "completeness": 0.2857,
-           "levels": {"heart_rate": 72.0, "spo2": None, "motion": 0.4}, "ages_s": {"heart_rate": 3.0}}
+ACQUIRED_MS = to_ms(datetime(1997, 4, 30, 16, 29, 36, tzinfo=UTC))
+CONTEXT = context_from_series("enc-derived", {"heart_rate": [(ACQUIRED_MS - 3000, 72.0)],
+                                              "motion": [(ACQUIRED_MS - 3000, 0.4)]}, ACQUIRED_MS)
 
 
 def read(path: Path) -> Dataset:
@@ -44,7 +48,7 @@ def enhance_all(sources: list[Dataset], enhance=None) -> list[np.ndarray]:
     return out
 
 
-def derive(sources: list[Dataset], enhance=None, context: dict | None = None) -> list[Dataset]:
+def derive(sources: list[Dataset], enhance=None, context: SensorContext | None = None) -> list[Dataset]:
     return derived_series(sources, enhance_all(sources, enhance), scale=2, model_name="enhancer-x2-random-init",
                           model_version="0.0.0-test", context=context, description="Test enhancement.")
 
@@ -107,8 +111,11 @@ def test_ct_derived_series_follows_design_section_4(tmp_path: Path) -> None:
     assert abs(flat_out - flat_src) < 20, (flat_src, flat_out)
     assert hu_out.min() < -160 and hu_out.max() > 240  # outside the 40/400 window: not clipped away
 
-    assert json.loads(back.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x03].value) == CONTEXT
-    assert "HR 72" in back.DerivationDescription and str(source.PatientID) not in back.DerivationDescription
+    recorded = json.loads(back.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x03].value)
+    assert recorded == CONTEXT.to_dict(patient=False) and "patient_id" not in recorded
+    assert (recorded["at"], recorded["completeness"], len(recorded["vector"])) == ("1997-04-30T16:29:36Z", 0.2857, 22)
+    assert "HR 72, motion 0.4" in back.DerivationDescription and "completeness 0.29" in back.DerivationDescription
+    assert str(source.PatientID) not in back.DerivationDescription
     assert is_aegle_output(back) and not is_aegle_output(source)
 
 

@@ -170,7 +170,7 @@ def test_ct_is_windowed_in_hounsfield_units_and_values_outside_the_window_surviv
 
 def test_mr_normalisation_is_the_training_convention() -> None:
     from gan import data as gdata
-    from gan.train import normalise_volume
+    from gan import normalise_volume
 
     for path in (MR, MR12):
         ds = read(path)
@@ -192,7 +192,7 @@ def test_twelve_bit_mr_round_trip_and_clipping_to_bits_stored() -> None:
 
 def test_monochrome1_is_inverted_for_the_model_and_polarity_is_kept() -> None:
     from gan import data as gdata
-    from gan.train import normalise_volume
+    from gan import normalise_volume
 
     for path in (CR_MONO1, RG1):
         ds = read(path)

@@ -33,9 +33,9 @@ from core.dicom_chunks import (
     parse_manifest,
     verify_chunk,
 )
+from core.mqtt import MqttPublisher
 from core.settings import EdgeSettings, MqttSettings, TransferSettings
 from edge.node import EdgeNode
-from sensors.publisher import MqttPublisher
 from server.study.assembly import DirectorySink, TransferAssembler, TransferInfo
 from tests.support import Collector, wait_for
 
@@ -52,10 +52,6 @@ CT = dicom_file("693_UNCI.dcm")  # CT Image Storage, 512 × 512, 526 kB
 MR = dicom_file("emri_small.dcm")  # Enhanced MR Image Storage, 10 slices
 
 
-def mqtt_as(broker: Mosquitto, user: str) -> MqttSettings:
-    return MqttSettings(host="127.0.0.1", port=broker.port, username=user, password=broker.users[user])
-
-
 class Received:
     """An on_instance that keeps what it is given."""
 
@@ -68,7 +64,7 @@ class Received:
 
 def assembler(broker: Mosquitto, tmp_path: Path, sink: Received, **settings: object) -> TransferAssembler:
     transfer = TransferSettings(staging_path=tmp_path / "staging", sweep_interval_s=0.2, **settings)
-    return TransferAssembler(mqtt_as(broker, "aegle-server"), transfer, sink)
+    return TransferAssembler(broker.mqtt_settings("aegle-server"), transfer, sink)
 
 
 def c_store(port: int, paths: list[Path], ae_title: str = "AEGLE_EDGE") -> list[int]:
@@ -88,7 +84,7 @@ def c_store(port: int, paths: list[Path], ae_title: str = "AEGLE_EDGE") -> list[
 def edge_node(broker: Mosquitto, tmp_path: Path, edge_id: str, chunk_size: int, window: int = 8) -> EdgeNode:
     settings = EdgeSettings(site=SITE, outbox_path=tmp_path / f"outbox-{edge_id}", dicom_port=free_port(),
                             chunk_size=chunk_size, window=window)
-    return EdgeNode(settings, mqtt_as(broker, edge_id))
+    return EdgeNode(settings, broker.mqtt_settings(edge_id))
 
 
 def same_dataset(received: bytes, original: Path) -> None:
@@ -156,7 +152,7 @@ def test_largest_chunk_fits_the_broker_packet_limit(broker: Mosquitto) -> None:
     broker.add_accounts([edge("edge-a", long_site)])
     chunk = os.urandom(MAX_CHUNK_BYTES)
     tid = str(new_manifest(chunk, SITE, "edge-a").transfer_id)
-    with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
+    with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a") as pub:
         pub.publish(topics.dicom_chunk(long_site, "edge-a", tid, 99_999), chunk, properties=chunk_properties(chunk))
         assert pub.flush(10)
         assert pub.refused_count == 0 and pub.acknowledged == 1
@@ -211,7 +207,7 @@ def test_bad_transfers_are_dead_lettered_and_the_next_one_works(broker: Mosquitt
     server = assembler(broker, tmp_path, sink, max_instance_bytes=400_000, incomplete_timeout_s=2.0).start()
     mr, ct = MR.read_bytes(), CT.read_bytes()
     try:
-        with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
+        with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a") as pub:
             corrupted = publish_transfer(pub, mr, "edge-a", 8192, corrupt=3)
             good = publish_transfer(pub, mr, "edge-a", 8192)
             oversize = publish_transfer(pub, ct, "edge-a", 65536, indices=range(2))
@@ -253,7 +249,7 @@ def test_redelivered_and_repeated_transfers_are_delivered_once(broker: Mosquitto
     manifest = new_manifest(mr, SITE, "edge-a", 4096)
     n = manifest.chunk_count
     server = assembler(broker, tmp_path, sink).start()
-    with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
+    with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a") as pub:
         tid = str(manifest.transfer_id)
         for i in (5, 3, 5):  # before the manifest, one twice
             chunk = mr[i * 4096:(i + 1) * 4096]
@@ -283,7 +279,7 @@ def test_full_staging_holds_acknowledgements_until_space_frees(broker: Mosquitto
                        incomplete_timeout_s=3.0).start()
     stalled, waiting = os.urandom(250_000), os.urandom(150_000)
     try:
-        with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
+        with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a") as pub:
             first = publish_transfer(pub, stalled, "edge-a", 50_000, indices=range(4))
             second = publish_transfer(pub, waiting, "edge-a", 50_000)
         wait_for(lambda: server.staged_bytes > limit - 50_000, 10, "the staging area filled")
@@ -320,8 +316,7 @@ def test_assembler_kill_9_mid_transfer_delivers_exactly_once(broker: Mosquitto, 
     data = CT.read_bytes()  # 526 kB → 258 chunks of 2 KiB
     # The session (and its subscription) exists before anything is published, as in production.
     assembler(broker, tmp_path, DirectorySink(tmp_path / "delivered"), worker_id="crash").start().stop()
-    with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"],
-                        max_backlog=64) as pub:
+    with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a", max_backlog=64) as pub:
         manifest = publish_transfer(pub, data, "edge-a", 2048)
     staged = tmp_path / "staging" / "transfers" / str(manifest.transfer_id)
     process = start_assembler_process(broker, tmp_path, "crash")

@@ -23,15 +23,15 @@ from aegle.localservices import Mosquitto, free_port
 from core import topics
 from core.accounts import edge
 from core.dicom_chunks import TransferManifest, chunk_properties, new_manifest
+from core.mqtt import MqttPublisher
 from core.settings import EdgeSettings
 from edge.forwarder import Forwarder
 from edge.node import EdgeNode
 from edge.outbox import Outbox, OutboxFull, Pending
 from edge.scp import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, StorageSCP
-from sensors.publisher import MqttPublisher
 from tests.dicom_support import pydicom_file
 from tests.support import wait_for
-from tests.test_dicom_transfer import CT, MR, SITE, Received, assembler, c_store, dicom_file, mqtt_as, same_dataset
+from tests.test_dicom_transfer import CT, MR, SITE, Received, assembler, c_store, dicom_file, same_dataset
 
 
 def test_outbox_is_durable_ordered_and_bounded(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_dcmtk_storescu_learns_its_pixel_data_was_cut_and_only_the_good_file_is_
     sink = Received()
     server = assembler(broker, tmp_path, sink).start()
     settings = EdgeSettings(site=SITE, outbox_path=tmp_path / "outbox", dicom_port=free_port(), chunk_size=16384)
-    node = EdgeNode(settings, mqtt_as(broker, "edge-a")).start()
+    node = EdgeNode(settings, broker.mqtt_settings("edge-a")).start()
     try:
         refused = storescu(node.scp.port, tmp_path / "half.dcm")
         assert refused.returncode != 0, refused.stderr
@@ -207,7 +207,7 @@ def test_an_edge_cannot_publish_under_another_edges_id(broker: Mosquitto, tmp_pa
     broker.add_accounts([edge("edge-a", SITE), edge("edge-b", SITE)])
     data = MR.read_bytes()
     manifest = new_manifest(data, SITE, "edge-b", 65536)
-    with MqttPublisher("127.0.0.1", broker.port, "edge-a", "edge-a", broker.users["edge-a"]) as pub:
+    with MqttPublisher(broker.mqtt_settings("edge-a"), "edge-a") as pub:
         pub.publish(topics.dicom_manifest(SITE, "edge-b", str(manifest.transfer_id)), manifest.to_json())
         pub.publish(topics.dicom_chunk(SITE, "edge-b", str(manifest.transfer_id), 0), data[:65536],
                     properties=chunk_properties(data[:65536]))
@@ -217,7 +217,7 @@ def test_an_edge_cannot_publish_under_another_edges_id(broker: Mosquitto, tmp_pa
     # A forwarder whose outbox names another edge keeps the instance and says why.
     outbox = Outbox(tmp_path / "outbox", SITE, "edge-b")
     outbox.put(data)
-    forwarder = Forwarder(outbox, "127.0.0.1", broker.port, "edge-a", broker.users["edge-a"], retry_s=0.2).start()
+    forwarder = Forwarder(outbox, broker.mqtt_settings("edge-a"), retry_s=0.2).start()
     try:
         wait_for(lambda: forwarder.last_error is not None, 10, "the refusal reported")
         assert "Not authorized" in str(forwarder.last_error)
@@ -225,7 +225,7 @@ def test_an_edge_cannot_publish_under_another_edges_id(broker: Mosquitto, tmp_pa
     finally:
         forwarder.stop()
     with pytest.raises(ValueError, match="differs from the MQTT username"):
-        EdgeNode(EdgeSettings(edge_id="edge-b", outbox_path=tmp_path / "o2"), mqtt_as(broker, "edge-a"))
+        EdgeNode(EdgeSettings(edge_id="edge-b", outbox_path=tmp_path / "o2"), broker.mqtt_settings("edge-a"))
 
 
 def test_edge_accepts_while_the_broker_is_down_and_forwards_when_it_is_back(broker: Mosquitto,
@@ -236,7 +236,7 @@ def test_edge_accepts_while_the_broker_is_down_and_forwards_when_it_is_back(brok
     server.start().stop()  # its persistent session exists, so the broker queues for it
     broker.stop()
     settings = EdgeSettings(site=SITE, outbox_path=tmp_path / "outbox", dicom_port=free_port(), chunk_size=16384)
-    node = EdgeNode(settings, mqtt_as(broker, "edge-a"))
+    node = EdgeNode(settings, broker.mqtt_settings("edge-a"))
     node.forwarder.retry_s = 0.2
     node.start()
     try:

@@ -27,9 +27,10 @@ from aegle.localservices import Mosquitto, VictoriaMetrics, free_port, http_ok
 from core import topics
 from core.accounts import device
 from core.context import CONTEXT_FIELDS, SensorContext, context_at
-from core.settings import Settings, StoreSettings
+from core.mqtt import MqttPublisher, new_client
+from core.settings import MqttSettings, Settings, StoreSettings
 from core.vitals import Observation, VitalsMessage, parse_vitals, to_ms, to_samples
-from sensors.publisher import DeviceFleet, MqttPublisher
+from sensors.publisher import DeviceFleet
 from sensors.simulator import Faults, Simulator
 from server.ingest import IngestWorker, LeanPublishClient, ReadBufferedSocket
 from server.store import open_store
@@ -38,12 +39,9 @@ from tests.store_fixtures import flush
 from tests.support import Collector, ingest_settings, wait_for
 from tests.test_vitals import probe_cases
 
-V2 = mqtt.CallbackAPIVersion.VERSION2
-
 
 def publisher(broker: Mosquitto, user: str = "aegle-test") -> MqttPublisher:
-    return MqttPublisher("127.0.0.1", broker.port, f"{user}-pub", username=user, password=broker.users[user],
-                         max_backlog=2000)
+    return MqttPublisher(broker.mqtt_settings(user), f"{user}-pub", max_backlog=2000)
 
 
 def store_settings(backend: str, tmp_path: Path, victoria: VictoriaMetrics | None) -> StoreSettings:
@@ -73,7 +71,7 @@ def test_simulated_devices_end_to_end(backend: str, broker: Mosquitto, tmp_path:
     contexts = Collector(broker, topics.context_filter(site))
     worker = IngestWorker(settings).start()
     try:
-        with DeviceFleet("127.0.0.1", broker.port, credentials) as fleet:
+        with DeviceFleet(broker.mqtt_settings(), credentials) as fleet:
             for o in outgoing:
                 fleet.publish(o)
             fleet.flush(30)
@@ -170,7 +168,7 @@ def test_probe_payloads_are_dead_lettered_with_their_reason_and_not_stored(broke
     numeric strings as values, no ``schema``). Sent by a real device account, each must reach the dead-letter topic
     with its reason, and only the valid message after them is stored."""
     settings = ingest_settings(broker, tmp_path, worker_id="probe-d7")
-    password = broker.add_accounts([device("mon-12", "ward-3")])["mon-12"]
+    broker.add_accounts([device("mon-12", "ward-3")])
     letters = Collector(broker, topics.deadletter_filter("ward-3"))
     worker = IngestWorker(settings).start()
     now = datetime.now(UTC)
@@ -179,7 +177,7 @@ def test_probe_payloads_are_dead_lettered_with_their_reason_and_not_stored(broke
                           timestamp=now - timedelta(seconds=1),
                           observations=[Observation(code="8867-4", value=72, unit="/min")])
     try:
-        with MqttPublisher("127.0.0.1", broker.port, "mon-12", "mon-12", password) as pub:
+        with MqttPublisher(broker.mqtt_settings("mon-12"), "mon-12") as pub:
             for payload, _reason in cases.values():
                 pub.publish(topics.vitals("ward-3", "mon-12"), payload)
             pub.publish(topics.vitals("ward-3", "mon-12"), valid.to_json())
@@ -420,8 +418,8 @@ def test_lean_publish_path_decodes_as_paho_does() -> None:
     dup_retain = publish_packet("aegle/v1/ward-1/mon-1/vitals", 9, b"x")
     cases.append(((dup_retain[0] | 0x09, dup_retain[1]), "lean"))
     got: list[tuple[str, int, str, bytes]] = []
-    client = LeanPublishClient(lambda mid, topic, payload: got.append(("lean", mid, topic, payload)),
-                               client_id="decode-test", protocol=mqtt.MQTTv5, manual_ack=True)
+    client = new_client(MqttSettings(), "decode-test", LeanPublishClient,  # as the worker builds it, never connected
+                        receive=lambda mid, topic, payload: got.append(("lean", mid, topic, payload)), manual_ack=True)
     client.on_message = lambda _c, _u, m: got.append(("paho", m.mid, m.topic, m.payload))
     for (header, packet), path in cases:
         got.clear()
@@ -436,10 +434,7 @@ def test_messages_with_properties_or_at_qos_0_are_ingested_too(broker: Mosquitto
     """paho's own receive path (properties, QoS 0) still feeds the worker; QoS 0 has nothing to acknowledge."""
     settings = ingest_settings(broker, tmp_path, worker_id="props")
     worker = IngestWorker(settings).start()
-    client = mqtt.Client(V2, client_id="props-pub", protocol=mqtt.MQTTv5)
-    client.username_pw_set("aegle-test", broker.users["aegle-test"])
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
+    pub = publisher(broker)
     now = datetime.now(UTC)
     try:
         for i in range(6):
@@ -448,16 +443,14 @@ def test_messages_with_properties_or_at_qos_0_are_ingested_too(broker: Mosquitto
                                 observations=[Observation(code="8867-4", value=80 + i, unit="/min")])
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = ("firmware", "2.1")
-            info = client.publish(topics.vitals("ward-1", "mon-1"), msg.to_json(), qos=i % 2,
-                                  properties=props if i < 3 else None)
-            info.wait_for_publish(5)
+            pub.publish(topics.vitals("ward-1", "mon-1"), msg.to_json(), qos=i % 2, properties=props if i < 3 else None)
+        assert pub.flush(5)
         wait_for(lambda: worker.metrics.value("aegle_ingest_samples_written_total") >= 6, 15, "all six stored")
         connections = worker._connection
         time.sleep(0.5)
         assert worker._connection == connections  # no acknowledgement made the broker drop the connection
     finally:
-        client.disconnect()
-        client.loop_stop()
+        pub.close()
         worker.stop()
     store = open_store(settings.store)
     assert [s.value for s in store.query("enc-props", 0, to_ms(now))] == [80 + i for i in range(6)]
@@ -494,8 +487,8 @@ def test_each_wake_up_reads_the_buffered_packets_up_to_the_limit() -> None:
     left, right = socket.socketpair()
     left.setblocking(False)
     got: list[int] = []
-    client = LeanPublishClient(lambda mid, _t, _p: got.append(mid), packets_per_read=3, client_id="drain-test",
-                               protocol=mqtt.MQTTv5, manual_ack=True)
+    client = new_client(MqttSettings(), "drain-test", LeanPublishClient, receive=lambda mid, _t, _p: got.append(mid),
+                        packets_per_read=3, manual_ack=True)
     client._sock = ReadBufferedSocket(left)
     try:
         for mid in range(1, 6):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gan import data
+from gan.intensity import normalise_volume
 from gan.lesions import MIN_BODY, SPLITS, LesionPatches, body_mask, lesion_patches
-from gan.train import normalise_volume
 
 
 @pytest.fixture(scope="module")

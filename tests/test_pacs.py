@@ -314,8 +314,7 @@ def test_watch_mode_enhances_stores_back_and_never_re_enhances_its_output(
     from gan.triage import TRIAGE_CLASSES, interpret
     from server.inference import EnhanceOutput
     from server.store.sqlite import SQLiteStore
-    from server.study import bicubic, is_aegle_output
-    from server.study.pipeline import StudyPipeline
+    from server.study import StudyPipeline, bicubic, is_aegle_output
 
     def enhance(images: np.ndarray, context: np.ndarray | None) -> EnhanceOutput:
         # Bicubic ×2, a real model-free enhancer: what is under test is the PACS plumbing, not a model.

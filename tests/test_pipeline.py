@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from aegle.localservices import Mosquitto, Orthanc
 from core.context import context_at
+from core.mqtt import connect, disconnect, new_client
 from core.vitals import Sample, to_ms
 from server.pacs import DicomWebStore, PacsError
 from server.store.sqlite import SQLiteStore
+from server.study import MqttResultPublisher, PacsStore, StudyPipeline, TriageFn
 from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.study.pipeline import MqttResultPublisher, PacsStore, StudyPipeline, TriageFn
 from tests.dicom_support import assert_dciodvfy_clean, dciodvfy, pydicom_file, random_enhancer
-from tests.support import V2, Collector, wait_for
+from tests.support import Collector, wait_for
 
 CT = pydicom_file("CT_small.dcm")
 CT_ACQUIRED = datetime(1997, 4, 30, 16, 29, 36, tzinfo=UTC)  # 19970430 112936 at −0500
@@ -79,15 +79,12 @@ def server_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def publisher(server_broker: Mosquitto) -> Iterator[MqttResultPublisher]:
-    client = mqtt.Client(V2, client_id="aegle-server-test", protocol=mqtt.MQTTv5)
-    client.username_pw_set("aegle-server", server_broker.users["aegle-server"])
-    client.connect("127.0.0.1", server_broker.port)
-    client.loop_start()
+    cfg = server_broker.mqtt_settings("aegle-server")
+    client = connect(new_client(cfg, "aegle-server-test"), cfg)
     try:
         yield MqttResultPublisher(client, SITE)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect(client)
 
 
 @pytest.fixture
@@ -153,15 +150,18 @@ def test_context_at_acquisition_time_is_used_and_published(
 
     assert result.status == "ok", result.failures
     assert result.acquired_at == CT_ACQUIRED
-    assert result.context["levels"]["heart_rate"] == 60 and result.context["levels"]["motion"] == pytest.approx(0.2)
-    assert result.context["levels"]["heart_rate"] != later.levels["heart_rate"]
-    expected = context_at(vitals, patient, CT_ACQUIRED).vector
-    np.testing.assert_allclose(seen[0], expected, atol=1e-6)  # the enhancer got the acquisition-time vector
-    assert not np.allclose(expected, later.vector)
+    assert result.context is not None
+    assert result.context.levels["heart_rate"] == 60 and result.context.levels["motion"] == pytest.approx(0.2)
+    assert result.context.levels["heart_rate"] != later.levels["heart_rate"]
+    expected = context_at(vitals, patient, CT_ACQUIRED)
+    np.testing.assert_array_equal(seen[0], expected.vector)  # the enhancer got the acquisition-time vector, exact
+    assert seen[0] is not None and seen[0].dtype == np.float32
+    assert not np.allclose(expected.vector, later.vector)
 
     (path,) = store.files()
     derived = pydicom.dcmread(path)
     recorded = json.loads(derived.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[0x03].value)
+    assert recorded == expected.to_dict(patient=False)  # the context used, as the one JSON form has it
     assert recorded["levels"]["heart_rate"] == 60 and "HR 60" in derived.DerivationDescription
     assert_dciodvfy_clean([derived], tmp_path / "check")
 
@@ -170,7 +170,8 @@ def test_context_at_acquisition_time_is_used_and_published(
     event = json.loads(message.payload)
     assert event["status"] == "ok" and event["counts"] == {"received": 1, "enhanced": 1, "failed": 0, "skipped": 0}
     assert event["derived_series_uid"] == derived.SeriesInstanceUID
-    assert event["context"]["levels"]["heart_rate"] == 60 and event["model"] == "enhancer-x2-random-init"
+    assert event["context"] == recorded and event["model"] == "enhancer-x2-random-init"
+    assert set(event["context"]) == {"at", "window_s", "completeness", "levels", "ages_s", "fields", "vector"}
     assert set(event["triage"]) == {source.SOPInstanceUID}
     text = message.payload.decode()
     for phi in (str(source.PatientID), str(source.PatientName), "CompressedSamples"):
@@ -201,7 +202,7 @@ def test_corrupted_instance_fails_alone_and_transient_pacs_errors_are_retried(
     inherited = [e for e in dciodvfy(MR700[0])[0] if e.startswith(FOR_ERROR)]
     assert inherited
     assert_dciodvfy_clean(stored, tmp_path / "check", inherited=inherited)
-    assert result.context is not None and result.context["completeness"] == 0  # no vitals for this patient
+    assert result.context is not None and result.context.completeness == 0  # no vitals for this patient
     assert result.to_event()["counts"] == {"received": 7, "enhanced": 6, "failed": 1, "skipped": 0}
 
 

@@ -1,62 +1,25 @@
-"""The bounded-backlog publisher and the device fleet against a real Mosquitto on loopback."""
+"""The bounded-backlog publisher (core.mqtt) and the device fleet (sensors.publisher) against a real Mosquitto."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from aegle.localservices import LOOPBACK, Mosquitto, free_port
 from core import topics
 from core.accounts import device
+from core.mqtt import MqttConnectError, MqttPublisher
+from core.settings import MqttSettings
 from core.vitals import parse_vitals
-from sensors.publisher import DeviceFleet, MqttConnectError, MqttPublisher
+from sensors.publisher import DeviceFleet
 from sensors.simulator import Faults, Simulator, run
+from tests.support import Collector
 
 SITE = "ward-1"
 OBSERVER = "aegle-test"  # the test harness account: may watch every vitals topic
-
-
-class Collector:
-    """A paho subscriber that records every message it receives on ``topic_filter`` (QoS 1)."""
-
-    def __init__(self, port: int, topic_filter: str, username: str | None = None, password: str | None = None) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._changed = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"collector-{time.monotonic_ns()}", protocol=mqtt.MQTTv5
-        )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, qos=1)
-        self.client.on_subscribe = self._on_subscribe
-        self.client.connect(LOOPBACK, port)
-        self.client.loop_start()
-        assert self._subscribed.wait(10), "subscription not acknowledged"
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, codes: list, props: object) -> None:
-        assert not codes[0].is_failure, codes
-        self._subscribed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            self.messages.append((message.topic, message.payload))
-            self._changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 30.0) -> bool:
-        """Wait until ``count`` messages have arrived."""
-        with self._changed:
-            return self._changed.wait_for(lambda: len(self.messages) >= count, timeout)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +45,15 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory, sim: Simulator) -> Ite
 
 @pytest.fixture
 def observer(auth_broker: Mosquitto) -> Iterator[Collector]:
-    collector = Collector(auth_broker.port, topics.vitals_filter("+"), OBSERVER, auth_broker.users[OBSERVER])
+    collector = Collector(auth_broker, topics.vitals_filter("+"), OBSERVER)
     yield collector
     collector.close()
 
 
 def test_twenty_thousand_qos1_messages_arrive_exactly_once(open_broker: Mosquitto) -> None:
     total, max_backlog = 20_000, 500
-    collector = Collector(open_broker.port, topics.vitals_filter(SITE))
-    publisher = MqttPublisher(LOOPBACK, open_broker.port, "bulk-publisher", max_backlog=max_backlog)
+    collector = Collector(open_broker, topics.vitals_filter(SITE), user=None)
+    publisher = MqttPublisher(open_broker.mqtt_settings(), "bulk-publisher", max_backlog=max_backlog)
     try:
         topic = topics.vitals(SITE, "mon-1")
         padding = b"x" * 300  # about the size of a monitor message
@@ -105,7 +68,7 @@ def test_twenty_thousand_qos1_messages_arrive_exactly_once(open_broker: Mosquitt
         publisher.close()
         collector.close()
     print(f"\n{total} QoS1 messages in {elapsed:.2f} s: {total / elapsed:,.0f} msg/s (subscriber in-process)")
-    received = Counter(int(payload.split(b":", 1)[0]) for _, payload in collector.messages)
+    received = Counter(int(m.payload.split(b":", 1)[0]) for m in collector.messages)
     assert len(collector.messages) == total
     assert set(received) == set(range(total)) and set(received.values()) == {1}
     assert publisher.published == publisher.acknowledged == total
@@ -114,7 +77,7 @@ def test_twenty_thousand_qos1_messages_arrive_exactly_once(open_broker: Mosquitt
 
 
 def test_backlog_blocks_at_its_bound(open_broker: Mosquitto) -> None:
-    publisher = MqttPublisher(LOOPBACK, open_broker.port, "tiny-backlog", max_backlog=4)
+    publisher = MqttPublisher(open_broker.mqtt_settings(), "tiny-backlog", max_backlog=4)
     with publisher:
         for i in range(2_000):
             publisher.publish(topics.vitals(SITE, "mon-2"), b"%d" % i)
@@ -127,22 +90,22 @@ def test_fleet_publishes_each_device_with_its_own_credentials(
     auth_broker: Mosquitto, sim: Simulator, observer: Collector
 ) -> None:
     credentials = {device: auth_broker.users[device] for device in sim.devices}
-    with DeviceFleet(LOOPBACK, auth_broker.port, credentials, max_backlog=50) as fleet:
+    with DeviceFleet(auth_broker.mqtt_settings(), credentials, max_backlog=50) as fleet:
         count = run(sim, fleet, duration_s=120, realtime=False)
         assert fleet.flush(10)
         assert fleet.refused == [] and fleet.published == count
     assert observer.wait_for(count, 10)
     assert len(observer.messages) == count
-    for topic, payload in observer.messages:
-        message = parse_vitals(payload)
-        assert topics.parse_vitals_topic(topic) == (SITE, message.device_id)
+    for m in observer.messages:
+        message = parse_vitals(m.payload)
+        assert topics.parse_vitals_topic(m.topic) == (SITE, message.device_id)
 
 
 def test_a_device_cannot_publish_as_another_device_or_at_another_site(
     auth_broker: Mosquitto, observer: Collector
 ) -> None:
     """Issue 13: a device published under any site name (``ward-9`` was stored); its site is part of its grant."""
-    with MqttPublisher(LOOPBACK, auth_broker.port, "mon-1", "mon-1", auth_broker.users["mon-1"]) as device:
+    with MqttPublisher(auth_broker.mqtt_settings("mon-1"), "mon-1") as device:
         foreign = topics.vitals(SITE, "mon-2")
         elsewhere = topics.vitals("ward-9", "mon-1")
         own = topics.vitals(SITE, "mon-1")
@@ -156,24 +119,24 @@ def test_a_device_cannot_publish_as_another_device_or_at_another_site(
         assert device.acknowledged == 3 and device.refused_count == 2
     assert observer.wait_for(1, 10)
     time.sleep(0.2)
-    assert observer.messages == [(own, b"genuine")]  # the broker processes a connection in order
+    assert [(m.topic, m.payload) for m in observer.messages] == [(own, b"genuine")]  # in order per connection
 
 
 def test_wrong_password_is_a_clear_connection_error(auth_broker: Mosquitto) -> None:
     with pytest.raises(MqttConnectError) as failed:
-        MqttPublisher(LOOPBACK, auth_broker.port, "mon-1", "mon-1", "not-the-password")
+        MqttPublisher(MqttSettings(host=LOOPBACK, port=auth_broker.port, username="mon-1", password="wrong"), "mon-1")
     assert failed.value.code in (0x86, 0x87)  # Bad user name or password / Not authorized
     assert failed.value.reason in str(failed.value) and "mon-1" in str(failed.value)
     with pytest.raises(MqttConnectError, match=r"Not authorized|Bad user name or password"):
-        DeviceFleet(LOOPBACK, auth_broker.port, {"mon-1": auth_broker.users["mon-1"], "wear-1": "wrong"})
+        DeviceFleet(auth_broker.mqtt_settings(), {"mon-1": auth_broker.users["mon-1"], "wear-1": "wrong"})
 
 
 def test_unreachable_broker_is_a_clear_connection_error() -> None:
     port = free_port()
     with pytest.raises(MqttConnectError, match=rf"{LOOPBACK}:{port}.*[Rr]efused"):
-        MqttPublisher(LOOPBACK, port, "nobody")
+        MqttPublisher(MqttSettings(host=LOOPBACK, port=port), "nobody")
 
 
 def test_unknown_device_is_refused_at_connect(auth_broker: Mosquitto) -> None:
     with pytest.raises(MqttConnectError):
-        MqttPublisher(LOOPBACK, auth_broker.port, "mon-99", "mon-99", "guess")
+        MqttPublisher(MqttSettings(host=LOOPBACK, port=auth_broker.port, username="mon-99", password="guess"), "mon-99")

@@ -33,6 +33,7 @@ from core import topics
 from core.accounts import device, edge
 from core.context import context_at
 from core.dicom_chunks import chunk_properties, new_manifest
+from core.mqtt import MqttPublisher
 from core.settings import (
     EdgeSettings,
     InferenceSettings,
@@ -42,16 +43,14 @@ from core.settings import (
     TransferSettings,
 )
 from core.vitals import AEGLE_CODES, Observation, VitalsMessage
-from sensors.publisher import MqttPublisher
 from server.inference import InferenceEngine
 from server.ingest import IngestWorker
 from server.pacs import DicomWebStore
 from server.pacs.dicomweb import encode_instance, encode_multipart
-from server.service import AegleService, SeriesCollector
+from server.service import AegleService
 from server.store import open_store
-from server.study.assembly import TransferInfo
+from server.study import SeriesCollector, StudyPipeline, TransferInfo
 from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from server.study.pipeline import StudyPipeline
 from tests.api_support import LiveServer, inference_settings, service_settings
 from tests.dicom_support import dciodvfy, pydicom_file
 from tests.support import Collector, ingest_settings, wait_for
@@ -232,10 +231,8 @@ def stow(run: Running, parts: list[bytes], role: str = "device") -> httpx.Respon
 
 def publish_vitals(run: Running, patient: str, start: datetime, end: datetime, hr: float, motion: float) -> int:
     """A bedside monitor's messages every 10 s over MQTT (to the ingest worker); returns how many."""
-    password = run.broker.users[DEVICE]
     sent = 0
-    with MqttPublisher("127.0.0.1", run.broker.port, f"{DEVICE}-{start.timestamp():.0f}", username=DEVICE,
-                       password=password) as pub:  # fmt: skip
+    with MqttPublisher(run.broker.mqtt_settings(DEVICE), f"{DEVICE}-{start.timestamp():.0f}") as pub:
         t = start
         while t <= end:
             message = VitalsMessage(
@@ -307,6 +304,7 @@ def test_stow_rs_mr_and_ct_come_back_derived_with_the_context_at_acquisition_tim
         assert context["at"] == acquired.isoformat().replace("+00:00", "Z")
         assert (context["levels"]["heart_rate"], context["levels"]["motion"]) == pytest.approx((62, 0.1))
         assert event["context"]["vector"] == pytest.approx(list(expected.vector), abs=1e-5)
+        assert event["context"] == expected.to_dict(patient=False)  # one JSON form, without the patient id
         assert list(later.vector) != pytest.approx(list(expected.vector), abs=0.05)  # the later context differs
     assert run.metric("aegle_series_total", outcome="processed") == processed_before + 2
 
@@ -347,8 +345,7 @@ def test_unreadable_forwarded_instance_is_dead_lettered_and_counted(running: Run
     failed_before = run.metric("aegle_series_total", outcome="failed")
     data = b"\0" * 128 + b"DICM" + b"\xff" * 300  # a Part 10 preamble and garbage
     manifest = new_manifest(data, SITE, EDGE, 256)
-    with MqttPublisher("127.0.0.1", run.broker.port, f"{EDGE}-raw", username=EDGE,
-                       password=run.broker.users[EDGE]) as pub:  # fmt: skip
+    with MqttPublisher(run.broker.mqtt_settings(EDGE), f"{EDGE}-raw") as pub:
         pub.publish(topics.dicom_manifest(SITE, EDGE, str(manifest.transfer_id)), manifest.to_json())
         for i in range(manifest.chunk_count):
             chunk = data[i * 256:(i + 1) * 256]

@@ -3,6 +3,7 @@ shipped classifiers: their cards' figures recomputed from the weights, the triag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from pathlib import Path
@@ -13,19 +14,10 @@ import pytest
 from gan import classification_metrics as cm
 from gan import data, triage
 from gan.registry import load_card, load_model, sha256_file
-from gan.train_classifier import (
-    ClassifierConfig,
-    calibrate_triage,
-    choose_thresholds,
-    evaluate_lesion,
-    evaluate_triage,
-    flat_metrics,
-    lesion_data,
-    main,
-    predict,
-    train_classifier,
-    triage_data,
-)
+from gan.train.classifier import ClassifierConfig, calibrate_triage, main, train_classifier
+from gan.train.classifier_data import lesion_data, triage_data, triage_test_windows
+from gan.train.data import prepare_slices
+from gan.train.evaluation import choose_thresholds, evaluate_lesion, evaluate_triage, flat_metrics, predict
 
 # ------------------------------------------------------------------------------------------------------ metrics
 
@@ -114,6 +106,14 @@ def volumes() -> list[data.Volume]:
     return [v for name in ("pydicom", "mni152", "pyradiomics") for v in data.load(name)]
 
 
+@pytest.fixture(scope="module")
+def as_measured(volumes: list[data.Volume]) -> list[data.Volume]:
+    """The volumes as the shipped cards' figures were measured: before issue 14, MR volumes were normalised per
+    volume; a NIfTI/NRRD volume normalised as one instance (``single_instance``) reproduces that (DICOM and CT are
+    the same either way)."""
+    return [dataclasses.replace(v, single_instance=True) for v in volumes]
+
+
 def test_triage_data_split_by_subject_and_targets(volumes: list[data.Volume]) -> None:
     config = ClassifierConfig(val_samples=48, test_per_subject=6)
     task = triage_data(config, volumes)
@@ -159,7 +159,7 @@ def test_short_triage_run_lowers_loss_and_writes_checkpoint_card_png(
 
 def test_lesion_run_with_hybrid_gan_augmentation(tmp_path: Path) -> None:
     """The augmentation path end to end, with hybrid-GAN weights trained here for a couple of steps."""
-    from gan.train_hybrid import main as train_hybrid
+    from gan.train.hybrid import main as train_hybrid
 
     hybrid = tmp_path / "hybrid"
     assert train_hybrid(["--out", str(hybrid), "--dcgan-steps", "2", "--cgan-steps", "2", "--srgan-steps", "2",
@@ -195,7 +195,7 @@ def test_cli_rejects_augment_for_triage() -> None:
         main(["triage", "--augment"])
 
 
-def test_shipped_lesion_card_figures_are_recomputed_from_its_weights(volumes: list[data.Volume]) -> None:
+def test_shipped_lesion_card_figures_are_recomputed_from_its_weights(as_measured: list[data.Volume]) -> None:
     """Every test figure of the lesion card (value and cluster-bootstrap CI) is what its weights give on the held-out
     test patches. No quality claim: the model is at chance level and shipped for the plumbing (docs/classifier.md);
     random-init weights of the same architecture score test AUCs from 0.16 to 0.71 (seeds 0–4), shipped 0.60."""
@@ -208,7 +208,7 @@ def test_shipped_lesion_card_figures_are_recomputed_from_its_weights(volumes: li
     assert card.config["num_classes"] == 1 and not model.training
     assert str(card.training.command).startswith("python -m gan.train_classifier lesion")
     config = ClassifierConfig(task="lesion")  # the card's command sets no data option: the default patches
-    task = lesion_data(config, volumes)
+    task = lesion_data(config, as_measured)
     probabilities = predict(model, task.test[0])
     report = evaluate_lesion(probabilities, task.test[1], task.test_groups, config.resamples, config.seed)
     recomputed = flat_metrics(report) | {"n_test": float(len(task.test_groups))}
@@ -241,7 +241,6 @@ def test_choose_thresholds_youden_midpoints_and_recall_floor() -> None:
 
 
 def test_calibration_uses_val_only_and_rewrites_only_the_card(volumes: list[data.Volume], tmp_path: Path) -> None:
-    import dataclasses
     import shutil
 
     from gan.registry import DEFAULT_ROOT, WeightsIntegrityError, update_card
@@ -285,7 +284,7 @@ def test_calibration_uses_val_only_and_rewrites_only_the_card(volumes: list[data
 
 
 def test_shipped_triage_card_figures_are_recomputed_from_its_weights(
-    volumes: list[data.Volume], tmp_path: Path
+    as_measured: list[data.Volume], tmp_path: Path
 ) -> None:
     """The card's thresholds (chosen on val only) and every figure the weights determine — the test metrics with
     their bootstrap CIs at those thresholds and at 0.5, the val enhance recall and specificity — are what the
@@ -300,7 +299,7 @@ def test_shipped_triage_card_figures_are_recomputed_from_its_weights(
     shutil.copytree(DEFAULT_ROOT / triage.MODEL_NAME, tmp_path / triage.MODEL_NAME)
     card = load_card(DEFAULT_ROOT / triage.MODEL_NAME / "card.json")
     config = ClassifierConfig()  # the defaults the card was calibrated with (its notes name the command)
-    result = calibrate_triage(tmp_path, config=config, data=triage_data(config, volumes))
+    result = calibrate_triage(tmp_path, config=config, data=triage_data(config, as_measured))
     assert result["thresholds"] == pytest.approx(card.input.model_dump()["thresholds"], abs=1e-9)
 
     def weight_figures(metrics: dict[str, float]) -> dict[str, float]:
@@ -314,8 +313,6 @@ def test_shipped_triage_thresholds_raise_specificity_on_held_out_windows(volumes
     keep more clean windows and still flag ≥ 97 % of the degraded ones; with random weights of the same
     architecture the same check fails."""
     from gan.models import build
-    from gan.train import prepare_slices
-    from gan.train_classifier import triage_test_windows
 
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)

@@ -13,7 +13,9 @@ import torch
 from gan.lesions import lesion_patches
 from gan.models.hybrid import QualityCriteria, SyntheticBatch
 from gan.registry import DEFAULT_ROOT, WeightsIntegrityError, load_card, load_model
-from gan.train_hybrid import STAGES, HybridConfig, generate, load_generators, main, train_hybrid, write_synthetic_grid
+from gan.synthesis import STAGES, generate, load_generators
+from gan.train.hybrid import HybridConfig, main, train_hybrid
+from gan.train.plots import write_synthetic_grid
 
 STEPS = 24
 SHIPPED_COMMAND = "python -m gan.train_hybrid --out gan/weights --threads 1"  # as documented in docs/hybrid_gan.md

@@ -13,6 +13,7 @@ from torch import nn
 
 from core.context import CHANNELS, CONTEXT_FIELDS, CONTEXT_SIZE
 from gan import data, metrics
+from gan.intensity import normalise_volume
 from gan.losses import (
     LOSSES,
     EnhancerLoss,
@@ -25,16 +26,8 @@ from gan.losses import (
 )
 from gan.models.enhancer import DiscriminatorOutput
 from gan.registry import load_card, load_model
-from gan.train import (
-    PreparedSlice,
-    TrainConfig,
-    main,
-    make_pairs,
-    normalise_volume,
-    prepare_slices,
-    train_enhancer,
-    training_splits,
-)
+from gan.train.data import PreparedSlice, make_pairs, prepare_slices, training_splits
+from gan.train.enhancer import TrainConfig, main, train_enhancer
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +291,6 @@ def test_feature_network_from_a_registry_classifier(
     (``se-classifier:<root>/<name>`` from another registry root)."""
     from gan import registry
     from gan.models import build
-    from gan.train import feature_network
 
     torch.manual_seed(5)
     classifier = build("se-classifier", in_channels=1)
@@ -309,16 +301,33 @@ def test_feature_network_from_a_registry_classifier(
     registry.save_model(classifier, tmp_path / "weights", "triage-test", "se-classifier", {"in_channels": 1}, card)
     monkeypatch.setattr(registry, "DEFAULT_ROOT", tmp_path / "weights")
 
-    network = feature_network("se-classifier:triage-test")
+    network = FeatureNetwork.from_spec("se-classifier:triage-test")
     assert network.kind == "se-classifier:triage-test"
     trunk = classifier.features.state_dict()
     assert all(torch.equal(v, trunk[k]) for k, v in network.layers.state_dict().items())
     with pytest.raises(registry.ModelCardError):
-        feature_network("se-classifier:no-such-classifier")
-    elsewhere = feature_network(f"se-classifier:{tmp_path / 'weights' / 'triage-test'}")  # <root>/<name> form
+        FeatureNetwork.from_spec("se-classifier:no-such-classifier")
+    elsewhere = FeatureNetwork.from_spec(f"se-classifier:{tmp_path / 'weights' / 'triage-test'}")  # <root>/<name> form
     assert all(torch.equal(v, trunk[k]) for k, v in elsewhere.layers.state_dict().items())
 
     config = _tiny(tmp_path / "run", steps=2, val_every=2, perceptual_weight=0.1, feature_network=network.kind)
     result = train_enhancer(config, volumes)
     assert math.isfinite(result.metrics["val_loss"]) and len(result.train_loss) == 2
     assert "'perceptual': 0.1" in load_card(result.checkpoint / "card.json").notes
+
+
+def test_gan_exports_resolve_and_no_submodule_hides_one() -> None:
+    """Every public name loads; the two that are also command modules cannot be imported as modules (which would
+    replace the function on the package)."""
+    import importlib
+
+    import gan
+
+    assert all(getattr(gan, name) is not None for name in gan.__all__)
+    root = Path(gan.__file__).parent
+    shadowed = {name for name in gan.__all__ if (root / f"{name}.py").exists() or (root / name).is_dir()}
+    assert shadowed == {"train_classifier", "train_hybrid"}
+    for command in shadowed:
+        with pytest.raises(ImportError, match="python -m"):
+            importlib.import_module(f"gan.{command}")
+        assert callable(getattr(gan, command))

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from gan import data, triage
+from gan.intensity import normalise_volume
 from gan.registry import CARD_FILE, DEFAULT_ROOT, WEIGHTS_FILE, load_card, load_model, sha256_file
-from gan.train import normalise_volume
+from gan.train.classifier_data import DEGRADATION_PROB, TriageDegradation, apply_degradation, sample_degradation
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="module")
 def pyradiomics() -> dict[str, np.ndarray]:
-    """Normalised pyradiomics volumes (lung window for CT, per-volume p99.5 for MR) by case."""
+    """Normalised pyradiomics volumes (lung window for CT, p99.5 per axial slice for MR: gan.intensity) by case."""
     return {v.subject.split(":")[1]: normalise_volume(v) for v in data.load_pyradiomics()}
 
 
@@ -135,30 +136,30 @@ def test_degradations_on_a_real_slice_and_their_targets(pyradiomics: dict[str, n
         return float(np.mean((4 * image[1:-1, 1:-1] - image[:-2, 1:-1] - image[2:, 1:-1] - image[1:-1, :-2]
                               - image[1:-1, 2:]) ** 2))  # fmt: skip
 
-    same, target = triage.apply_degradation(ct, triage.TriageDegradation(), "CT:CHEST", rng)
+    same, target = apply_degradation(ct, TriageDegradation(), "CT:CHEST", rng)
     np.testing.assert_allclose(same, ct, atol=1e-6)
     assert target.tolist() == [1, 0, 0, 0]
 
-    noisy, target = triage.apply_degradation(ct, triage.TriageDegradation(noise_sigma=0.05), "CT:CHEST", rng)
+    noisy, target = apply_degradation(ct, TriageDegradation(noise_sigma=0.05), "CT:CHEST", rng)
     assert target.tolist() == [0, 1, 0, 0]
     assert 0.03 < float(np.std(noisy - ct)) < 0.06
 
     motion = {"motion": 6.0, "respiratory_rate": 30.0, "heart_rate": 120.0}
-    blurred, target = triage.apply_degradation(ct, triage.TriageDegradation(motion=motion), "CT:CHEST", rng)
+    blurred, target = apply_degradation(ct, TriageDegradation(motion=motion), "CT:CHEST", rng)
     assert target.tolist() == [0, 0, 1, 0]
     assert laplacian_energy(blurred) < 0.3 * laplacian_energy(ct)
 
-    low, target = triage.apply_degradation(ct, triage.TriageDegradation(scale=4), "CT:CHEST", rng)
+    low, target = apply_degradation(ct, TriageDegradation(scale=4), "CT:CHEST", rng)
     assert target.tolist() == [0, 0, 0, 1] and low.shape == ct.shape
     assert laplacian_energy(low) < 0.3 * laplacian_energy(ct)
 
-    all_three = triage.TriageDegradation(0.05, motion, 2)
-    _, target = triage.apply_degradation(ct, all_three, "MR", rng)
+    all_three = TriageDegradation(0.05, motion, 2)
+    _, target = apply_degradation(ct, all_three, "MR", rng)
     assert target.tolist() == [0, 1, 1, 1]
 
-    draws = [triage.sample_degradation(np.random.default_rng(s)) for s in range(400)]
-    clean = sum(d == triage.TriageDegradation() for d in draws) / len(draws)
-    assert abs(clean - (1 - triage.DEGRADATION_PROB) ** 3) < 0.07
+    draws = [sample_degradation(np.random.default_rng(s)) for s in range(400)]
+    clean = sum(d == TriageDegradation() for d in draws) / len(draws)
+    assert abs(clean - (1 - DEGRADATION_PROB) ** 3) < 0.07
     assert {d.scale for d in draws} == {1, 2, 4}
 
 
@@ -182,7 +183,7 @@ def test_shipped_triage_weights_load_with_matching_sha256() -> None:
 
 #: Seeds of the random-init control of the quality claim below.
 RANDOM_SEEDS = range(5)
-HEAVY = triage.TriageDegradation(0.08, {"motion": 8.0, "respiratory_rate": 30.0, "heart_rate": 130.0}, 4)
+HEAVY = TriageDegradation(0.08, {"motion": 8.0, "respiratory_rate": 30.0, "heart_rate": 130.0}, 4)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def test_shipped_triage_tells_clean_from_heavily_degraded_held_out_slices(
     pairs = []
     for modality, image in _held_out_slices(pyradiomics):
         image = image[: image.shape[0] - image.shape[0] % 4, : image.shape[1] - image.shape[1] % 4]
-        pairs.append((image, triage.apply_degradation(image, HEAVY, modality, rng)[0]))  # whole slice, then window
+        pairs.append((image, apply_degradation(image, HEAVY, modality, rng)[0]))  # whole slice, then window
     shipped = _separation(model, pairs, thresholds)
     assert shipped.claim_holds(), shipped
     for seed in RANDOM_SEEDS:

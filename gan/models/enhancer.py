@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.context import CONTEXT_SIZE
-from gan.bicubic import PAD, phase_taps
+from core import CONTEXT_SIZE
 from gan.metrics import IMMERKAER_MASK, IMMERKAER_SCALE
+from gan.resampling import PAD, phase_taps
 
 SCALES: tuple[int, ...] = (1, 2, 4)
 UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
@@ -210,7 +210,7 @@ def _upsampler(
 
 class BicubicUpsample(nn.Module):
     """×``scale`` bicubic upsampling as a fixed depthwise 5×5 conv (one output channel per phase, the
-    :func:`gan.bicubic.phase_taps`) + PixelShuffle.
+    :func:`gan.resampling.phase_taps`) + PixelShuffle.
 
     The same values as ``F.interpolate(mode="bicubic", align_corners=False)`` (``a = −0.75``, borders
     edge-replicated like PyTorch's clamped indices; equal to float rounding), but exported to ONNX as Pad + Conv

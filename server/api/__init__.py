@@ -1,4 +1,4 @@
-"""The HTTP inference service (FastAPI): ``create_app(settings, *, engine=None, pipeline=None, pacs=None)``."""
+"""The HTTP inference service (FastAPI): ``create_app(settings, *, engine=None, pacs=None)``."""
 
 from server.api.app import create_app
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.settings import Settings
+from core import Settings
 from server.api import images
 from server.api.audit import AuditLog
 from server.api.deps import ApiMetrics, ServiceState
@@ -26,6 +26,7 @@ from server.api.routes import admin, dicom, enhance, health, models, patients, s
 from server.api.studylog import StudyLog
 from server.api.tokens import TokenStore
 from server.inference import ImageTooLarge, InferenceEngine, ModelMissing, QueueFull
+from server.study import StudyRecord, build_pipeline
 
 log = logging.getLogger("aegle.api")
 
@@ -145,17 +146,13 @@ def _json_error(status: int, reason: str, message: str, headers: dict[str, str] 
     return JSONResponse({"detail": {"reason": reason, "message": message}}, status_code=status, headers=headers)
 
 
-def create_app(
-    settings: Settings | None = None,
-    *,
-    engine: InferenceEngine | None = None,
-    pipeline: Any = None,
-    pacs: Any = None,
-) -> FastAPI:
+def create_app(settings: Settings | None = None, *, engine: InferenceEngine | None = None, pacs: Any = None) -> FastAPI:
     """The service. ``engine`` None: built from ``settings.inference`` at start-up (and closed at shutdown).
 
-    ``pipeline`` (``server.study.pipeline.StudyPipeline``) serves DICOM input; ``pacs`` (``server.pacs.DicomWebStore``,
-    default: from ``settings.pacs.dicomweb_url``) is where derived series go and what ``/readyz`` probes.
+    ``pacs`` (``server.pacs.DicomWebStore``, default: from ``settings.pacs.dicomweb_url``) is where derived series
+    go and what ``/readyz`` probes. At start-up, once the engine is there, the study pipeline that serves DICOM
+    input is built on it, the vitals store and the PACS (``server.study.build_pipeline``), every series recorded
+    in the study log and the metrics (``server.study.StudyRecord``); no result events (``AegleService`` adds them).
     """
     settings = settings or Settings()
     api = settings.api
@@ -166,7 +163,7 @@ def create_app(
         pacs = DicomWebStore(settings.pacs.dicomweb_url, settings.pacs.username, settings.pacs.secret())
     st = ServiceState(
         settings=settings, engine=engine, tokens=TokenStore.from_settings(api), audit=AuditLog(api.audit_path),
-        studies=StudyLog(api.studies_path), pipeline=pipeline, pacs=pacs,
+        studies=StudyLog(api.studies_path), pacs=pacs,
     )  # fmt: skip
     owns_engine = engine is None
 
@@ -178,6 +175,9 @@ def create_app(
             except Exception as exc:  # e.g. TensorRT forced without CUDA: serve, and say why in /readyz
                 st.engine_error = f"{type(exc).__name__}: {exc}"
                 log.error("inference engine failed to start: %s", st.engine_error)
+        if st.engine is not None:
+            record = StudyRecord(st.metrics, st.studies)
+            st.pipeline = build_pipeline(st.engine, st.vitals, st.pacs, None, settings, record)
         try:
             yield
         finally:

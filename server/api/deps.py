@@ -1,22 +1,29 @@
-"""What the routes share: the service state, token authentication with roles, auditing, errors, body reading."""
+"""What the routes share: the service state, token authentication with roles, auditing, errors, body reading,
+times from the query, the vitals store and a patient's context (with their HTTP errors)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from core.settings import Settings
+from core import Settings
 from server.api.audit import AuditLog
 from server.api.studylog import StudyLog
 from server.api.tokens import Principal, TokenStore
 from server.inference import InferenceEngine
-from server.store import VitalsStore
+from server.store import StoreUnavailable, VitalsStore, open_store
+from server.study import VitalsContext
+
+if TYPE_CHECKING:
+    from core import SensorContext
+    from server.study import StudyPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="API token (`aegle token create --role ROLE --name NAME`)")
 
@@ -58,10 +65,16 @@ class ServiceState:
     studies: StudyLog
     metrics: ApiMetrics = field(default_factory=ApiMetrics)
     store: VitalsStore | None = None
-    pipeline: Any = None  # server.study.pipeline.StudyPipeline
+    pipeline: StudyPipeline | None = None  # built at start-up (server.study.build_pipeline)
     pacs: Any = None  # server.pacs.DicomWebStore
     gan_generators: Any = None  # hybrid-GAN stages, loaded on the first synthesis
     engine_error: str | None = None
+
+    def vitals(self) -> VitalsStore:
+        """The shared vitals store, opened on first use (``StoreUnavailable`` / ``OSError`` when it cannot be)."""
+        if self.store is None:
+            self.store = open_store(self.settings.store)
+        return self.store
 
 
 def api_error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> HTTPException:
@@ -144,3 +157,53 @@ async def read_body(request: Request) -> bytes:
 def image_resource(data: bytes) -> str:
     """Audit resource name of an upload without patient identifiers: its sha256."""
     return f"image:sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+# Times a request may name: vitals are stored in milliseconds since the Unix epoch, and a window around a time
+# must stay representable (year 1 minus an hour overflows).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive time (400 ``naive-time``) or one outside 1970–9000 (400 ``time-out-of-range``)
+    is refused rather than guessed."""
+    if value.tzinfo is None:
+        raise api_error(400, "naive-time", f"time {value.isoformat()} has no UTC offset (add Z or +01:00)")
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        moment = None
+    if moment is None or not EARLIEST <= moment < LATEST:
+        raise api_error(
+            400, "time-out-of-range",
+            f"time {value.isoformat()} is outside {EARLIEST.isoformat()} to {LATEST.isoformat()}",
+        )  # fmt: skip
+    return moment
+
+
+def aware(value: datetime | None, default: datetime) -> datetime:
+    """:func:`utc` of ``value``, or ``default`` when it is None."""
+    return default if value is None else utc(value)
+
+
+def store_unavailable(exc: Exception) -> HTTPException:
+    """503 ``store-unavailable`` for an error of the vitals store."""
+    return api_error(503, "store-unavailable", f"vitals store unavailable: {exc}")
+
+
+def vitals_store(st: ServiceState) -> VitalsStore:
+    """The shared store, opened on first use; 503 if it cannot be opened."""
+    try:
+        return st.vitals()
+    except (StoreUnavailable, OSError) as exc:
+        raise store_unavailable(exc) from None
+
+
+def patient_context(st: ServiceState, patient_id: str, at: datetime) -> SensorContext:
+    """The patient's context at ``at`` read from the store, as the pipeline reads it at acquisition time
+    (blocking; call from a worker thread); 503 when the store is unavailable."""
+    try:
+        return VitalsContext(lambda: vitals_store(st), st.settings.context)(patient_id, at)
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from None

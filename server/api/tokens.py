@@ -20,7 +20,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Literal, get_args
 
-from core.settings import ApiSettings
+from core import ApiSettings
 
 Role = Literal["device", "clinician", "operator", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)

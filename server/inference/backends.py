@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from core.durable import durable_file
+from core import durable_file
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from gan.registry import ModelCard
+    from gan import ModelCard
 
 log = logging.getLogger("aegle.inference")
 
@@ -48,7 +48,7 @@ class Backend(Protocol):
 
 def resolve(preferred: str) -> str:
     """The backend for a setting: ``auto`` picks TensorRT with CUDA, else ONNX Runtime; others are checked."""
-    from gan.export import choose_backend
+    from gan import choose_backend
 
     if preferred == "torch":
         return "torch"
@@ -126,7 +126,7 @@ class OnnxBackend:
     @staticmethod
     def export(model: nn.Module, card: ModelCard, input_names: Sequence[str], cache_dir: Path) -> Path:
         """Export + parity-check once per weights sha256 and graph code; reuse the cached file afterwards."""
-        from gan.export import export_onnx, parity
+        from gan import export_onnx, parity
 
         path = onnx_path(cache_dir, card, model)
         if path.is_file():
@@ -164,7 +164,7 @@ class TensorRTBackend:
     def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         import torch
 
-        from gan.export import compile_tensorrt
+        from gan import compile_tensorrt
 
         signature = tuple(a.shape for a in inputs)
         tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs)

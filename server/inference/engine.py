@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from core.settings import InferenceSettings, ServedModel
+from core import InferenceSettings, ServedModel
 from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
 from server.inference.batcher import MicroBatcher, QueueFull
 from server.inference.tiling import paste, receptive_radius, tiles
@@ -33,8 +33,7 @@ from server.inference.tiling import paste, receptive_radius, tiles
 if TYPE_CHECKING:
     from torch import nn
 
-    from gan.registry import ModelCard
-    from gan.triage import TriageResult
+    from gan import ModelCard, TriageResult
 
 log = logging.getLogger("aegle.inference")
 
@@ -53,7 +52,7 @@ WARMUP_SIZE = 64
 def registry_report(settings: InferenceSettings) -> list[dict[str, Any]]:
     """Each served model as the settings name it and as the registry holds it, without loading weights:
     ``status`` is ``ok``, ``other-version`` or ``missing`` (what ``aegle models`` prints)."""
-    from gan.registry import CARD_FILE, DEFAULT_ROOT, RegistryError, load_card
+    from gan import CARD_FILE, DEFAULT_ROOT, RegistryError, load_card
 
     root = Path(settings.weights_dir or DEFAULT_ROOT)
     report = []
@@ -175,8 +174,7 @@ class InferenceEngine:
         the reason, not fatal."""
         import torch
 
-        from gan.export import ParityError
-        from gan.registry import RegistryError, load_model
+        from gan import ParityError, RegistryError, load_model
 
         if settings.threads:
             from threadpoolctl import threadpool_limits
@@ -391,7 +389,7 @@ class InferenceEngine:
 
         A bad image (see ``gan.triage.preprocess``) raises ``ValueError`` for the whole call.
         """
-        from gan.triage import card_thresholds, interpret, preprocess
+        from gan import card_thresholds, interpret, preprocess
 
         model = model or self.settings.triage.name
         served = self.model(model)

@@ -21,7 +21,7 @@ from server.pacs.errors import OUT_OF_RESOURCES, PacsError, checked_request, rai
 from server.study import DicomEncodingError, encode
 
 if TYPE_CHECKING:
-    from core.settings import PacsSettings
+    from core import PacsSettings
 
 DICOM_JSON = "application/dicom+json"
 _REFERENCED_SOP_SEQUENCE = "00081199"

@@ -25,13 +25,13 @@ import httpx
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from core.durable import replace_durably
+from core import replace_durably
 from server.pacs.dicomweb import DicomWebStore
 from server.pacs.errors import PacsError, checked_request
 from server.study import is_aegle_output
 
 if TYPE_CHECKING:
-    from core.settings import PacsSettings, Settings
+    from core import PacsSettings, Settings
     from server.study.pipeline import StudyPipeline
 
 log = logging.getLogger("aegle.pacs.watch")

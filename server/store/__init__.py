@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from core.settings import StoreSettings
+from core import StoreSettings
 from server.store.base import StoreUnavailable, VitalsStore
 from server.store.spool import BufferedStore, Spool, SpoolFull
 

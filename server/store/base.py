@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from types import TracebackType
 
-from core.vitals import Sample
+from core import Sample
 
 
 class StoreUnavailable(RuntimeError):

@@ -30,7 +30,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from core.vitals import Sample
+from core import Sample
 from server.store.base import StoreUnavailable, VitalsStore, sort_key_query, sort_key_recent
 
 MEASUREMENT = "vitals"

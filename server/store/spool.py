@@ -13,7 +13,7 @@ import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from core.vitals import Sample
+from core import Sample
 from server.store.base import StoreUnavailable, VitalsStore
 from server.store.sqlite import connect
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from core.vitals import Sample
+from core import Sample
 from server.store.base import StoreUnavailable, VitalsStore
 
 _SCHEMA = """

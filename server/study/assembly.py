@@ -1,7 +1,8 @@
 """Server side of DICOM over MQTT: chunks from edge nodes → on-disk staging → verified instance → ``on_instance``.
 
-The contract (topics, manifest, checksums, chunk size) is :mod:`core.dicom_chunks`; the edge side is
-:mod:`edge.forwarder`. Guarantees, in the manner of :mod:`server.ingest`:
+Step 1 of the study path (:mod:`server.study`): in the service, ``on_instance`` is the
+:class:`~server.study.collection.SeriesCollector` (step 2). The contract (topics, manifest, checksums, chunk size)
+is :mod:`core.dicom_chunks`; the edge side is :mod:`edge.forwarder`. Guarantees, in the manner of :mod:`server.ingest`:
 
 * MQTT v5 subscription ``aegle/v1/{site}/+/dicom/+/+``, QoS 1, fixed client id ``aegle-{worker_id}``, persistent
   session: what edge nodes publish while the assembler is down waits in the broker. Not a shared subscription,
@@ -46,8 +47,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
-from core import topics
-from core.dicom_chunks import (
+from core import (
     BAD_CHUNK,
     BAD_MANIFEST,
     CHECKSUM_MISMATCH,
@@ -55,16 +55,21 @@ from core.dicom_chunks import (
     INVALID_TOPIC,
     MAX_CHUNK_BYTES,
     OVERSIZE,
+    MqttSettings,
+    PersistentSubscriber,
     TransferManifest,
     TransferRejected,
+    TransferSettings,
+    broker_confirmed,
+    configure_logging,
+    dumps_compact,
+    fsync_dir,
     parse_manifest,
+    replace_durably,
+    topics,
     verify_chunk,
+    write_durably,
 )
-from core.durable import fsync_dir, replace_durably, write_durably
-from core.logsafety import configure_logging
-from core.mqtt import PersistentSubscriber, broker_confirmed
-from core.settings import MqttSettings, TransferSettings
-from core.vitals import dumps_compact
 
 log = logging.getLogger("aegle.dicom_transfer")
 MANIFEST = "manifest.json"
@@ -411,7 +416,7 @@ class DirectorySink:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.study.assembly``: run an assembler that files instances into ``--deliver-dir``."""
-    from core.settings import Settings
+    from core import Settings
 
     settings = Settings()
     defaults = settings.dicom_transfer  # AEGLE_DICOM_TRANSFER__* / the config file; flags override

@@ -1,4 +1,4 @@
-"""The derived (enhanced) series Aegle writes, following DESIGN §4 and docs/dicom.md; acquisition times.
+"""Step 7, the derived series: the enhanced DICOM series Aegle writes, following DESIGN §4 and docs/dicom.md.
 
 Codes used (DICOM PS3.16, also in ``pydicom.sr.codedict``):
 
@@ -18,7 +18,7 @@ import copy
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +29,11 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
-from pydicom.valuerep import DA, DT, TM
 
-from gan.data import lossy_syntaxes
+from gan import lossy_syntaxes
 
 if TYPE_CHECKING:
-    from core.context import SensorContext
+    from core import SensorContext
 
 MANUFACTURER = "Aegle"
 PRIVATE_GROUP = 0x0071
@@ -124,23 +123,13 @@ def _code(value: tuple[str, str, str]) -> Dataset:
     return item
 
 
-def context_summary(context: SensorContext) -> dict[str, Any]:
-    """The non-identifying part of a sensor context (no patient id): time, window, completeness, levels, ages."""
-    return {
-        "at": context.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "window_s": context.window_s,
-        "completeness": round(context.completeness, 4),
-        "levels": dict(context.levels),
-        "ages_s": dict(context.ages_s),
-    }
-
-
-def _context_text(context: Mapping[str, Any] | None) -> str:
-    if context is None:
+def _context_text(record: Mapping[str, Any] | None) -> str:
+    """DerivationDescription's readable form of a context record (``SensorContext.to_dict``)."""
+    if record is None:
         return "no sensor context (enhanced without vitals)"
-    levels = context.get("levels", {})
+    levels = record["levels"]
     shown = ", ".join(f"{_SHORT.get(k, k)} {v:g}" for k, v in levels.items() if v is not None) or "no vitals"
-    return f"sensor context at {context.get('at')}: completeness {context.get('completeness', 0):.2f}; {shown}"
+    return f"sensor context at {record['at']}: completeness {record['completeness']:.2f}; {shown}"
 
 
 def _now() -> tuple[str, str]:
@@ -306,15 +295,15 @@ def derived_series(
     scale: int,
     model_name: str,
     model_version: str,
-    context: dict | None,
+    context: SensorContext | None,
     description: str,
     strength: float | None = None,
 ) -> list[Dataset]:
     """One derived instance per source (DESIGN §4): new series in the same study, references, equipment, geometry.
 
     ``enhanced[i]`` are the stored values for ``sources[i]`` (from :func:`server.study.from_model_space`),
-    ``context`` a :func:`context_summary` (or None when no vitals were used), ``description`` what was done
-    (goes into DerivationDescription and the Contributing Equipment item).
+    ``context`` the sensor context the enhancer was given (None: no vitals), recorded without the patient id;
+    ``description`` what was done (goes into DerivationDescription and the Contributing Equipment item).
     """
     if len(sources) != len(enhanced):
         raise ValueError(f"{len(sources)} sources but {len(enhanced)} enhanced images")
@@ -326,9 +315,10 @@ def derived_series(
     when = _now()
     code = _CODE_RESAMPLING if scale > 1 else _CODE_SMOOTHING
     strength_text = "" if strength is None else f", strength {strength:.3g}"
+    record = None if context is None else context.to_dict(patient=False)
     derivation = (f"{description} Aegle {model_name} {model_version}, x{scale}{strength_text}; "
-                  f"{_context_text(context)}. {NOT_FOR_DIAGNOSIS.capitalize()}.")[:1024]
-    context_json = json.dumps(context, sort_keys=True, separators=(",", ":")) if context is not None else "null"
+                  f"{_context_text(record)}. {NOT_FOR_DIAGNOSIS.capitalize()}.")[:1024]
+    context_json = json.dumps(record, sort_keys=True, separators=(",", ":"))
     lossy = lossy_syntaxes()
     out = []
     for source, pixels in zip(sources, enhanced, strict=True):
@@ -401,47 +391,3 @@ def is_aegle_output(ds: Dataset) -> bool:
         return False
     return True
 
-
-def _offset(value: Any) -> tzinfo | None:
-    text = str(value or "").strip()
-    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit():
-        return None
-    minutes = int(text[1:3]) * 60 + int(text[3:5])
-    return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
-
-
-def _frame_datetime(ds: Dataset) -> Any:
-    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        for group in ds.get(groups, [])[:1]:
-            for item in group.get("FrameContentSequence", []):
-                if item.get("FrameAcquisitionDateTime"):
-                    return item.FrameAcquisitionDateTime
-    return None
-
-
-def acquisition_time(ds: Dataset, default_tz: tzinfo) -> datetime | None:
-    """When the instance was acquired, as an aware UTC datetime, or None when the header does not say.
-
-    AcquisitionDateTime, else the first frame's FrameAcquisitionDateTime, else AcquisitionDate + AcquisitionTime,
-    else ContentDate + ContentTime, else SeriesDate + SeriesTime. A value without its own UTC offset is read in
-    TimezoneOffsetFromUTC when present, else in ``default_tz``.
-    """
-    local = _offset(ds.get("TimezoneOffsetFromUTC")) or default_tz
-    for value in (ds.get("AcquisitionDateTime"), _frame_datetime(ds)):
-        if value:
-            try:
-                moment = DT(str(value))
-            except ValueError:
-                continue
-            return (moment if moment.tzinfo else moment.replace(tzinfo=local)).astimezone(UTC)
-    for date_kw, time_kw in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                             ("SeriesDate", "SeriesTime")):
-        date_value, time_value = ds.get(date_kw), ds.get(time_kw)
-        if not date_value or not time_value:
-            continue
-        try:
-            moment = datetime.combine(DA(str(date_value)), TM(str(time_value)))
-        except ValueError:
-            continue
-        return moment.replace(tzinfo=local).astimezone(UTC)
-    return None

@@ -7,10 +7,10 @@ Forward (:func:`to_model_space`):
   [0, 1] for the model:
 
   - CT: the window ``(center, width)`` of the instance (WindowCenter/WindowWidth, first value), else
-    :data:`gan.data.SOFT_TISSUE_WINDOW` (40, 400) HU: ``model = (HU − (center − width/2)) / width``;
-  - others: ``(x − min) / (p99.5 − min)`` of the display-oriented values, the convention of
-    ``gan.train.normalise_volume``; MONOCHROME1 is inverted first (high values dark), so the model always sees
-    "bright = high signal";
+    :data:`gan.SOFT_TISSUE_WINDOW` (40, 400) HU: ``model = (HU − (center − width/2)) / width``;
+  - others: ``(x − min) / (p99.5 − min)`` of the display-oriented values; MONOCHROME1 is inverted first (high
+    values dark), so the model always sees "bright = high signal". Both are :func:`gan.intensity_map`, the one
+    normalisation training and benchmarks use too (per instance);
   - RGB (and YBR, decoded to RGB): ``stored / (2^BitsStored − 1)`` per channel.
 
 Backward (:func:`from_model_space`): the model's *correction* (its output minus the bicubic upsampling of its
@@ -30,8 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from gan.bicubic import bicubic  # re-exported by server.study
-from gan.data import SOFT_TISSUE_WINDOW
+from gan import SOFT_TISSUE_WINDOW, bicubic, intensity_map  # bicubic is re-exported by server.study
 
 #: Lowest Hounsfield unit a CT can produce: air is −1000 HU (lower values in a source, e.g. −3024 padding outside
 #: the reconstruction circle, lower the floor to the source's own minimum).
@@ -184,26 +183,13 @@ def to_model_space(ds: Dataset) -> ModelImage:
     grey = stored.reshape(-1, *stored.shape[-2:]).astype(np.float64)
     slope, intercept = rescale(ds, grey.shape[0])
     values = grey * slope[:, None, None] + intercept[:, None, None]
-    window = None
     hounsfield = is_hounsfield(ds)
     floor = min(float(values.min()), HU_FLOOR if hounsfield else 0.0)
-    if hounsfield:
-        window = ct_window(ds)
-        center, width = window
-        gain, offset = 1.0 / width, -(center - width / 2) / width
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        if photometric == "MONOCHROME1":  # display = lo + hi − x, normalised as in normalise_volume
-            q = float(np.percentile(values, 0.5))
-            span = max(hi - q, 1e-6)
-            gain, offset = -1.0 / span, hi / span
-        else:
-            span = max(float(np.percentile(values, 99.5)) - lo, 1e-6)
-            gain, offset = 1.0 / span, -lo / span
-    mapping = PixelMapping(photometric, str(ds.get("Modality", "")), slope, intercept, gain, offset, window,
-                           *bits, signed, multi_frame, floor)
-    pixels = np.clip(values * gain + offset, 0.0, 1.0).astype(np.float32)
-    return ModelImage(pixels, values, mapping)
+    window = ct_window(ds) if hounsfield else None
+    model = intensity_map(values, window=window, photometric=photometric)
+    mapping = PixelMapping(photometric, str(ds.get("Modality", "")), slope, intercept, model.gain, model.offset,
+                           window, *bits, signed, multi_frame, floor)
+    return ModelImage(model(values), values, mapping)
 
 
 def from_model_space(pixels: np.ndarray, image: ModelImage, *, scale: int) -> np.ndarray:

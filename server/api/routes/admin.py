@@ -9,8 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from server.api.deps import api_error, audit, require, state
-from server.api.routes.patients import utc
+from server.api.deps import api_error, audit, require, state, utc
 from server.api.tokens import Principal, Role
 
 router = APIRouter(tags=["admin"])

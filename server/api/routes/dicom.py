@@ -1,16 +1,15 @@
 """DICOM input: enhance one instance or a series (returns the derived DICOM), and DICOMweb STOW-RS.
 
-Both go through :class:`server.study.pipeline.StudyPipeline` (context at acquisition time → triage → enhancer →
-derived series → PACS). With a PACS configured the derived series is stored there; without one it is only
-returned to the caller (:class:`CallerOnly`). Every series is recorded in the study log and the metrics.
+HTTP only: both routes read the body, audit, and hand the instances to the app's study pipeline
+(:class:`server.study.StudyPipeline`, steps 3–9 of :mod:`server.study`: context at acquisition time → triage →
+enhancer → derived series → PACS → result, recorded in the study log and the metrics). With a PACS configured the
+derived series is stored there; without one it is only returned to the caller.
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -18,10 +17,8 @@ from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 
-from core.context import SensorContext, context_at
 from server.api import images
 from server.api.deps import (
-    ServiceState,
     api_error,
     audit,
     binary_body,
@@ -31,49 +28,23 @@ from server.api.deps import (
     require,
     state,
 )
-from server.api.routes.patients import vitals_store
 from server.api.tokens import Principal
-from server.inference import InferenceEngine
 from server.pacs.dicomweb import decode_multipart, encode_instance, encode_multipart
 from server.pacs.errors import PacsError
-from server.study import DicomInputError, read_instance
-from server.study.pipeline import ResultPublisher, SeriesResult, StudyPipeline
+from server.study import DicomInputError, SeriesResult, StudyPipeline, read_instance
 
 router = APIRouter(tags=["dicom"])
 DICOM_ROLES = ("clinician", "operator")
 STOW_ROLES = ("device", "operator")
-_pipeline_lock = threading.Lock()
-
-
-class CallerOnly:
-    """The PacsStore when no PACS is configured: derived series are returned to the caller, stored nowhere."""
-
-    def store(self, datasets: Sequence[Dataset]) -> None:
-        return None
-
-
-def build_pipeline(st: ServiceState, eng: InferenceEngine, results: ResultPublisher | None = None) -> StudyPipeline:
-    """A study pipeline on the service's engine, vitals store (context at acquisition time) and PACS."""
-
-    def context_fn(patient_id: str, at: datetime) -> SensorContext:
-        cfg = st.settings.context
-        return context_at(vitals_store(st), patient_id, at, cfg.window_s, cfg.freshness_tau_s)
-
-    return StudyPipeline(
-        eng.enhance, eng.triage_many, context_fn, st.pacs or CallerOnly(), results,
-        max_batch=st.settings.inference.max_batch, max_pixels=st.settings.api.max_pixels,
-    )  # fmt: skip
 
 
 def pipeline(request: Request) -> StudyPipeline:
-    """The app's pipeline (given to ``create_app`` or built on first use from the engine, store and PACS)."""
-    st = state(request)
-    if st.pipeline is None:
-        eng = engine(request)
-        with _pipeline_lock:
-            if st.pipeline is None:
-                st.pipeline = build_pipeline(st, eng)
-    return st.pipeline
+    """The app's study pipeline (built at start-up with the engine, on the vitals store and PACS); without an
+    engine there is none: 503 ``engine-unavailable``."""
+    engine(request)
+    flow = state(request).pipeline
+    assert flow is not None, "the app's lifespan builds the pipeline once the engine is there"
+    return flow
 
 
 def refuse_when_saturated(request: Request) -> None:
@@ -82,25 +53,6 @@ def refuse_when_saturated(request: Request) -> None:
     if eng.batcher.depth >= eng.batcher.queue_max:
         hint = str(eng.batcher.retry_after_s())
         raise api_error(503, "queue-full", "inference queue full", headers={"Retry-After": hint})
-
-
-def summary(result: SeriesResult) -> dict[str, Any]:
-    """The series result for headers and the study log: the pipeline's event without the context vector."""
-    event = result.to_event()
-    if event.get("context"):
-        event["context"] = {k: v for k, v in event["context"].items() if k != "vector"}
-    return event
-
-
-def record(st: ServiceState, results: Sequence[SeriesResult]) -> None:
-    """Count series and instances on ``/metrics`` and keep each result in the study log."""
-    for result in results:
-        outcome = "processed" if result.stored else "failed"
-        st.metrics.series.labels(outcome=outcome).inc()
-        st.metrics.instances.labels(outcome="enhanced").inc(len(result.derived) if result.stored else 0)
-        st.metrics.instances.labels(outcome="failed").inc(len({f.sop_instance_uid for f in result.failures}))
-        if result.study_uid is not None:
-            st.studies.record(result.study_uid, result.series_uid or "", outcome, summary(result))
 
 
 def read_parts(body: bytes, content_type: str, max_pixels: int) -> list[Dataset | DicomInputError]:
@@ -157,8 +109,7 @@ async def enhance_dicom(request: Request, principal: Annotated[Principal, Depend
     refuse_when_saturated(request)
     flow = pipeline(request)
     result = await run_in_threadpool(flow.process_series, datasets)
-    record(st, [result])
-    header = images.applied_header(summary(result))
+    header = images.applied_header(result.summary())
     if not result.derived:
         raise api_error(422, "not-enhanced", f"no derived instance was produced: {header}")
     if not series:
@@ -203,7 +154,6 @@ async def stow(request: Request, principal: Annotated[Principal, Depends(require
         refuse_when_saturated(request)
         flow = pipeline(request)
         results = await run_in_threadpool(flow.process, datasets)
-        record(st, results)
     stored: list[dict[str, Any]] = []
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     for result in results:
@@ -225,5 +175,5 @@ async def stow(request: Request, principal: Annotated[Principal, Depends(require
     status = 200 if not failed else 202 if stored else 409
     return JSONResponse(
         response, status_code=status, media_type="application/dicom+json",
-        headers={"X-Aegle-Result": images.applied_header({"series": [summary(r) for r in results]})},
+        headers={"X-Aegle-Result": images.applied_header({"series": [r.summary() for r in results]})},
     )  # fmt: skip

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from server.api import images
-from server.api.deps import api_error, audit, binary_body, engine, image_resource, read_body, require, state
-from server.api.routes.patients import applied_context, aware, patient_context
+from server.api.deps import (
+    api_error,
+    audit,
+    aware,
+    binary_body,
+    engine,
+    image_resource,
+    patient_context,
+    read_body,
+    require,
+    state,
+)
 from server.api.tokens import Principal
 from server.inference import EnhanceOutput
+
+if TYPE_CHECKING:
+    from core import SensorContext
 
 router = APIRouter(tags=["enhance"])
 ENHANCE_ROLES = ("clinician", "operator")
@@ -21,12 +34,13 @@ MEDIA = {"png": "image/png", "npy": "application/x-npy"}
 APPLIED_TEXT_KEY = "aegle:applied"
 
 
-def applied(out: EnhanceOutput, context: dict[str, Any] | None) -> dict[str, Any]:
-    """What was applied to an image: model, version, backend, scale, strength (mean α and per block), context."""
+def applied(out: EnhanceOutput, context: SensorContext | None) -> dict[str, Any]:
+    """What was applied to an image: model, version, backend, scale, strength (mean α and per block), context
+    (without the patient id)."""
     return {
         "model": out.model_name, "version": out.model_version, "backend": out.backend, "scale": out.scale,
         "strength": out.strength, "alphas": list(out.alphas) if out.alphas is not None else None,
-        "context": context,
+        "context": None if context is None else context.to_dict(patient=False),
     }  # fmt: skip
 
 
@@ -49,12 +63,12 @@ async def enhance_plain(
     audit(request, principal, "image.enhance", resource, image_resource(data))
     image = images.decode(data, st.settings.api.max_pixels)
     eng = engine(request)
-    context, summary = None, None
+    context = None
     if patient_id is not None:
-        ctx = await run_in_threadpool(patient_context, st, patient_id, aware(at, datetime.now(UTC)))
-        context, summary = ctx.vector, applied_context(ctx)
-    out = await run_in_threadpool(eng.enhance, image.planes, context, queue_timeout=st.settings.api.queue_timeout_s)
-    facts = applied(out, summary)
+        context = await run_in_threadpool(patient_context, st, patient_id, aware(at, datetime.now(UTC)))
+    vector = None if context is None else context.vector
+    out = await run_in_threadpool(eng.enhance, image.planes, vector, queue_timeout=st.settings.api.queue_timeout_s)
+    facts = applied(out, context)
     header = images.applied_header(facts)
     body = images.encode(image, out.images, {APPLIED_TEXT_KEY: header} if image.format == "png" else None)
     return Response(body, media_type=MEDIA[image.format], headers={"X-Aegle-Applied": header})

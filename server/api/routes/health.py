@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import ServiceState, require, state
+from server.api.deps import ServiceState, require, state, vitals_store
 from server.api.tokens import ROLES, Principal
 
 router = APIRouter(tags=["health"])
@@ -33,43 +32,12 @@ def check_models(st: ServiceState) -> tuple[bool, str]:
 
 def check_broker(st: ServiceState) -> tuple[bool, str]:
     """Connect to the MQTT broker with the service's credentials and disconnect."""
-    import paho.mqtt.client as mqtt
+    from core import probe
 
-    cfg = st.settings.mqtt
-    done = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        outcome["reason"] = reason
-        done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"aegle-readyz-{time.monotonic_ns()}",
-                         protocol=mqtt.MQTTv5)  # fmt: skip
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.secret())
-    if cfg.tls:
-        client.tls_set()
-    client.on_connect = on_connect
-    timeout = st.settings.api.probe_timeout_s
-    try:
-        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout) + 1))
-        client.loop_start()
-        if not done.wait(timeout):
-            return False, f"no CONNACK from {cfg.host}:{cfg.port} within {timeout:g} s"
-        reason = outcome["reason"]
-        if reason.is_failure:
-            return False, f"broker {cfg.host}:{cfg.port} refused the connection: {reason}"
-        return True, f"connected to {cfg.host}:{cfg.port}"
-    except OSError as exc:
-        return False, f"cannot reach broker {cfg.host}:{cfg.port}: {exc}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    return probe(st.settings.mqtt, st.settings.api.probe_timeout_s, f"aegle-readyz-{time.monotonic_ns()}")
 
 
 def check_store(st: ServiceState) -> tuple[bool, str]:
-    from server.api.routes.patients import vitals_store
-
     try:
         ok = vitals_store(st).ping()
     except Exception as exc:  # the store's own exceptions vary by backend; readiness reports, never raises

@@ -27,8 +27,7 @@ _load_lock = threading.Lock()
 
 def generators(st: ServiceState) -> dict[str, Any]:
     """The three hybrid-GAN stages from the registry, loaded once; 503 (with the reason) if they are missing."""
-    from gan.registry import RegistryError
-    from gan.train_hybrid import load_generators
+    from gan import RegistryError, load_generators
 
     with _load_lock:
         cached = st.gan_generators
@@ -46,7 +45,7 @@ def render(st: ServiceState, label: int, seed: int) -> tuple[bytes, dict[str, st
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from gan.train_hybrid import generate
+    from gan import generate
 
     batch = generate(st.settings.inference.weights_dir, 1, label, seed, name=GAN_NAME, generators=generators(st))
     rgb = ((batch.images[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
