@@ -2,6 +2,6 @@
 
 from server.pacs.dicomweb import DicomWebStore
 from server.pacs.errors import PacsError
-from server.pacs.watch import OrthancWatcher, run_watch, watcher_for
+from server.pacs.watch import OrthancWatcher, watcher_for
 
-__all__ = ["DicomWebStore", "OrthancWatcher", "PacsError", "run_watch", "watcher_for"]
+__all__ = ["DicomWebStore", "OrthancWatcher", "PacsError", "watcher_for"]

@@ -31,7 +31,7 @@ from server.pacs.errors import PacsError, checked_request
 from server.study import is_aegle_output
 
 if TYPE_CHECKING:
-    from core import PacsSettings, Settings
+    from core import PacsSettings
     from server.study.pipeline import StudyPipeline
 
 log = logging.getLogger("aegle.pacs.watch")
@@ -304,15 +304,3 @@ def watcher_for(settings: PacsSettings, pacs: DicomWebStore, pipeline: StudyPipe
         settings.watch_state_path,
         poll_interval_s=settings.poll_interval_s,
     )
-
-
-def run_watch(settings: Settings, pipeline: StudyPipeline) -> None:
-    """PACS-side mode: watch Orthanc, enhance each new stable series, store it back; until interrupted."""
-    with DicomWebStore.from_settings(settings.pacs) as pacs:
-        watcher = watcher_for(settings.pacs, pacs, pipeline)
-        try:
-            watcher.run()
-        except KeyboardInterrupt:
-            log.info("watch mode interrupted")
-        finally:
-            watcher.stop()
