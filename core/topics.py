@@ -4,7 +4,7 @@
 ``aegle/v1/{site}/{device_id}/vitals``                      a device's vitals messages (QoS 1)
 ``aegle/v1/{site}/deadletter/{reason}``                     rejected payloads with the reason (QoS 1)
 ``aegle/v1/{site}/context/{patient_id}``                    live sensor context per patient (retained)
-``aegle/v1/{site}/results/{study_uid}``                     enhancement results (server, later issues)
+``aegle/v1/{site}/results/{study_uid}``                     enhancement results (server)
 ``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/manifest``  a DICOM instance an edge node forwards (QoS 1)
 ``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/{index}``   one chunk of it, raw bytes (QoS 1)
 ==========================================================  ==============================================

@@ -1,4 +1,4 @@
-"""The issue-4 service benchmarks run end to end on real processes and report sane figures (never timed).
+"""The service benchmarks run end to end on real processes and report sane figures (never timed).
 
 ``bench.study_latency``: a real Orthanc and ``aegle serve`` with the shipped weights; ``bench.server_load``: two
 ``aegle serve`` processes (micro-batching on and off). Both run as ``python -m`` like a user runs them, in small

@@ -181,7 +181,7 @@ def test_a_username_is_registered_once_on_a_running_broker(policy_broker: Mosqui
 
 
 def test_a_device_cannot_join_the_ingest_share_group(broker: Mosquitto, tmp_path: Path) -> None:
-    """Issue 13's probe: a device subscribed to the ingest share group, so the broker handed it every second vitals
+    """An outside probe: a device subscribed to the ingest share group, so the broker handed it every second vitals
     message and dropped them (50 of 100 stored, all 100 acknowledged). Now its SUBSCRIBE is refused and all
     100 are stored."""
     broker.add_accounts([device("mon-1", "ward-1")])

@@ -1,4 +1,5 @@
-"""The derived series (DESIGN §4) on real CT, multi-slice MR, MONOCHROME1 CR and RGB, checked with dciodvfy."""
+"""The derived series (the rules of docs/dicom.md §3) on real CT, multi-slice MR, MONOCHROME1 CR and RGB, checked
+with dciodvfy."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def fov_centre(ds: Dataset) -> np.ndarray:
     return ipp + (ds.Columns - 1) / 2 * col_spacing * iop[:3] + (ds.Rows - 1) / 2 * row_spacing * iop[3:]
 
 
-def test_ct_derived_series_follows_design_section_4(tmp_path: Path) -> None:
+def test_ct_derived_series_follows_the_derived_series_rules(tmp_path: Path) -> None:
     source = read(pydicom_file("CT_small.dcm"))
     (derived,) = derive([source], random_enhancer(), CONTEXT)
     warnings = assert_dciodvfy_clean([derived], tmp_path)

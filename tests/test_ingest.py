@@ -164,7 +164,7 @@ def test_bad_payloads_go_to_dead_letter_and_the_worker_keeps_going(broker: Mosqu
 
 
 def test_probe_payloads_are_dead_lettered_with_their_reason_and_not_stored(broker: Mosquitto, tmp_path: Path) -> None:
-    """Issue 13: 74 of 2 000 payloads contrary to docs/vitals.md were stored (Unix-second and 1970 timestamps,
+    """An outside probe: 74 of 2 000 payloads contrary to docs/vitals.md were stored (Unix-second and 1970 timestamps,
     numeric strings as values, no ``schema``). Sent by a real device account, each must reach the dead-letter topic
     with its reason, and only the valid message after them is stored."""
     settings = ingest_settings(broker, tmp_path, worker_id="probe-d7")

@@ -104,7 +104,7 @@ def test_fleet_publishes_each_device_with_its_own_credentials(
 def test_a_device_cannot_publish_as_another_device_or_at_another_site(
     auth_broker: Mosquitto, observer: Collector
 ) -> None:
-    """Issue 13: a device published under any site name (``ward-9`` was stored); its site is part of its grant."""
+    """An outside probe: a device published under any site name (``ward-9`` was stored); its site is in its grant."""
     with MqttPublisher(auth_broker.mqtt_settings("mon-1"), "mon-1") as device:
         foreign = topics.vitals(SITE, "mon-2")
         elsewhere = topics.vitals("ward-9", "mon-1")

@@ -47,9 +47,9 @@ def bench_pairs(held_out: list[data.Volume]) -> eq.BenchPairs:
 
 @pytest.fixture(scope="module")
 def card_pairs(held_out: list[data.Volume]) -> eq.BenchPairs:
-    """The pairs the card's figures are on. 3.1.0 was measured before issue 14, when MR volumes were normalised per
-    volume: a NRRD volume normalised as one instance (``single_instance``) reproduces that (DICOM and CT pairs are
-    the same either way)."""
+    """The pairs the card's figures are on. 3.1.0 was measured before the one per-instance normalisation
+    (gan.intensity), when MR volumes were normalised per volume: a NRRD volume normalised as one instance
+    (``single_instance``) reproduces that (DICOM and CT pairs are the same either way)."""
     return _pairs([dataclasses.replace(v, single_instance=True) for v in held_out])
 
 

@@ -108,9 +108,9 @@ def volumes() -> list[data.Volume]:
 
 @pytest.fixture(scope="module")
 def as_measured(volumes: list[data.Volume]) -> list[data.Volume]:
-    """The volumes as the shipped cards' figures were measured: before issue 14, MR volumes were normalised per
-    volume; a NIfTI/NRRD volume normalised as one instance (``single_instance``) reproduces that (DICOM and CT are
-    the same either way)."""
+    """The volumes as the shipped cards' figures were measured: before the one per-instance normalisation
+    (gan.intensity), MR volumes were normalised per volume; a NIfTI/NRRD volume normalised as one instance
+    (``single_instance``) reproduces that (DICOM and CT are the same either way)."""
     return [dataclasses.replace(v, single_instance=True) for v in volumes]
 
 

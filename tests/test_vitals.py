@@ -102,7 +102,7 @@ def observation(**changes: object) -> list[dict]:
 
 
 def probe_cases(now: datetime) -> dict[str, tuple[dict, str]]:
-    """Issue 13's probe: payloads that were stored although this contract refuses them, each with its reason."""
+    """An outside probe's payloads that were once stored although this contract refuses them, each with its reason."""
 
     def recent(**changes: object) -> dict:
         return message(**{"timestamp": (now - timedelta(seconds=2)).isoformat(), **changes})

@@ -1,4 +1,4 @@
-"""Step 7, the derived series: the enhanced DICOM series Aegle writes, following DESIGN §4 and docs/dicom.md.
+"""Step 7, the derived series: the enhanced DICOM series Aegle writes, following the rules of docs/dicom.md §3.
 
 Codes used (DICOM PS3.16, also in ``pydicom.sr.codedict``):
 
@@ -299,7 +299,7 @@ def derived_series(
     description: str,
     strength: float | None = None,
 ) -> list[Dataset]:
-    """One derived instance per source (DESIGN §4): new series in the same study, references, equipment, geometry.
+    """One derived instance per source (docs/dicom.md §3): new series, same study, references, equipment, geometry.
 
     ``enhanced[i]`` are the stored values for ``sources[i]`` (from :func:`server.study.from_model_space`),
     ``context`` the sensor context the enhancer was given (None: no vitals), recorded without the patient id;

@@ -1,4 +1,4 @@
-"""Synthesize: labelled synthetic images from the hybrid GAN (``gan.train_hybrid.generate``).
+"""Synthesize: labelled synthetic images from the hybrid GAN (``gan.synthesis.generate``).
 
 The result is a PNG whose tEXt chunks say ``aegle:synthetic = true`` with the generator chain, label and seed;
 the response carries ``X-Aegle-Synthetic: true``. Synthetic images never go to the PACS: this route has no PACS
