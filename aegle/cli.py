@@ -95,14 +95,14 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    """One JSON line per served model (settings name and version, registry version, sha256); exit 1 if any is not
-    servable as configured."""
+    """One JSON line per configured model (role, settings name and version, the input paths it serves, registry
+    version, sha256); exit 1 if a model some path uses is not servable as configured."""
     from server import registry_report
 
     report = registry_report(settings.inference)
     for entry in report:
         print(json.dumps(entry))
-    return 0 if all(e["status"] == "ok" for e in report) else 1
+    return 0 if all(e["status"] == "ok" for e in report if e["paths"]) else 1
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m <trainer module>")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="the served models as the settings name them and as the registry holds them")
+    p = sub.add_parser("models", help="the served models as the settings name them (with the input paths each serves) "
+                       "and as the registry holds them")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="export a model to ONNX with a parity check (or --tensorrt on CUDA machines)")

@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "Refusal": "core.mqtt", "broker_confirmed": "core.mqtt", "connect": "core.mqtt", "connect_nowait": "core.mqtt",
     "disconnect": "core.mqtt", "new_client": "core.mqtt", "probe": "core.mqtt", "subscribe": "core.mqtt",
     "ApiSettings": "core.settings", "ContextSettings": "core.settings", "DEFAULT_TRIAGE": "core.settings",
+    "ENHANCE_PATHS": "core.settings", "EnhancePath": "core.settings",
     "EdgeSettings": "core.settings", "InferenceSettings": "core.settings", "IngestSettings": "core.settings",
     "MqttSettings": "core.settings", "PacsSettings": "core.settings", "ServedModel": "core.settings",
     "Settings": "core.settings", "StoreSettings": "core.settings", "TransferSettings": "core.settings",

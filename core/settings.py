@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -108,7 +108,15 @@ class ApiSettings(BaseModel):
 
 #: Registry names of the models the service serves by default (training writes under the same names).
 DEFAULT_ENHANCER = "enhancer-x2"
+DEFAULT_QUALITY_ENHANCER = "enhancer-x2-quality"
 DEFAULT_TRIAGE = "triage-classifier"
+
+#: The input paths that choose their enhancer: ``live`` is ``POST /api/v1/enhance`` (plain images); ``study`` is
+#: every DICOM path (STOW-RS, DICOM from edge nodes over MQTT, the Orthanc watch mode, ``POST /api/v1/enhance/dicom``).
+EnhancePath = Literal["live", "study"]
+ENHANCE_PATHS: tuple[EnhancePath, ...] = get_args(EnhancePath)
+#: The enhancer's two operating points: ``fast`` (setting ``enhancer``), ``quality`` (setting ``quality_enhancer``).
+OperatingPoint = Literal["fast", "quality"]
 
 
 class ServedModel(BaseModel):
@@ -119,10 +127,17 @@ class ServedModel(BaseModel):
 
 
 class ServedEnhancer(ServedModel):
-    """The enhancer served by default (a partial setting, e.g. only the version, keeps the other default)."""
+    """The fast enhancer, served by default (a partial setting, e.g. only the version, keeps the other default)."""
 
     name: str = Field(default=DEFAULT_ENHANCER, min_length=1)
     version: str | None = "3.1.0"
+
+
+class ServedQualityEnhancer(ServedModel):
+    """The quality enhancer (the study path's operating point); any version until one ships."""
+
+    name: str = Field(default=DEFAULT_QUALITY_ENHANCER, min_length=1)
+    version: str | None = None
 
 
 class ServedTriage(ServedModel):
@@ -133,12 +148,19 @@ class ServedTriage(ServedModel):
 
 
 class InferenceSettings(BaseModel):
-    """The served models, backends and micro-batching."""
+    """The served models, which enhancer each input path uses, backends and micro-batching."""
 
     # The shipped models' names and versions: a weights directory holding another version is refused at start
     # (named in /readyz and `aegle models`) rather than served silently. AEGLE_INFERENCE__ENHANCER__VERSION=...
+    # `enhancer` is the fast operating point (the live path's), `quality_enhancer` the quality one (the PACS path's).
     enhancer: ServedEnhancer = ServedEnhancer()
+    # None until the quality model ships: the quality operating point is then served by `enhancer`. Setting any of
+    # AEGLE_INFERENCE__QUALITY_ENHANCER__NAME / __VERSION serves it (default name enhancer-x2-quality).
+    quality_enhancer: ServedQualityEnhancer | None = None
     triage: ServedTriage = ServedTriage()
+    # The operating point each input path uses (see EnhancePath). AEGLE_INFERENCE__STUDY_MODEL=fast|quality
+    live_model: OperatingPoint = "fast"
+    study_model: OperatingPoint = "quality"
     backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = "auto"
     weights_dir: Path | None = None  # None: the default weights shipped in gan/weights
     cache_dir: Path = Path("var/model-cache")
@@ -152,6 +174,27 @@ class InferenceSettings(BaseModel):
     tile_size: int = Field(default=512, ge=64)
     max_wait_ms: float = Field(default=5.0, ge=0)
     queue_max: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _one_version_per_model(self) -> InferenceSettings:
+        quality = self.quality_enhancer
+        if quality is not None and quality.name == self.enhancer.name and quality.version != self.enhancer.version:
+            raise ValueError(
+                f"enhancer and quality_enhancer name the same model ({quality.name}) with different versions "
+                f"({self.enhancer.version} and {quality.version})"
+            )
+        return self
+
+    def enhancer_role(self, path: EnhancePath) -> Literal["enhancer", "quality_enhancer"]:
+        """The setting (``enhancer`` or ``quality_enhancer``) naming the enhancer ``path`` uses: its operating point
+        (``live_model``, ``study_model``); ``quality`` is served by ``enhancer`` while ``quality_enhancer`` is unset."""
+        point = self.live_model if path == "live" else self.study_model
+        return "quality_enhancer" if point == "quality" and self.quality_enhancer is not None else "enhancer"
+
+    def enhancer_for(self, path: EnhancePath) -> ServedModel:
+        """The enhancer ``path`` uses (see :meth:`enhancer_role`)."""
+        served: ServedModel = getattr(self, self.enhancer_role(path))
+        return served
 
 
 class PacsSettings(BaseModel):

@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import uvicorn
 from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
 
 from aegle.localservices import free_port
 from core.settings import (
+    DEFAULT_ENHANCER,
+    DEFAULT_QUALITY_ENHANCER,
     ApiSettings,
     InferenceSettings,
     MqttSettings,
@@ -34,6 +37,7 @@ from server.inference import InferenceEngine
 from server.store import open_store
 
 PATIENT = "enc-7f3a91"  # an identifier that must never reach a log line
+QUALITY_CONFIG = {"channels": 16, "n_blocks": 2}  # the test quality enhancer's (the fast one has the defaults)
 
 
 def save_test_models(root: Path) -> None:
@@ -48,8 +52,11 @@ def save_test_models(root: Path) -> None:
     torch.manual_seed(0)
     training = {"data": "none: random initialisation (test plumbing)", "command": "pytest", "seed": 0}
     enhancer_input = {"channels": 1, "scale": 2, "context_size": 22, "normalisation": "[0, 1]"}
-    save_model(build("enhancer"), root, "enhancer-x2", "enhancer", {},
+    save_model(build("enhancer"), root, DEFAULT_ENHANCER, "enhancer", {},
                {"version": "0.0.0-test", "training": training, "input": enhancer_input, "synthetic_output": False})
+    # The quality operating point: another enhancer (fewer, narrower blocks), so a test can tell which one ran.
+    save_model(build("enhancer", **QUALITY_CONFIG), root, DEFAULT_QUALITY_ENHANCER, "enhancer", QUALITY_CONFIG,
+               {"version": "0.0.1-test", "training": training, "input": enhancer_input, "synthetic_output": False})
     classes = {"num_classes": len(TRIAGE_CLASSES)}
     save_model(build("se-classifier", **classes), root, "triage-classifier", "se-classifier", classes,
                {"version": "0.0.0-test", "training": training, "input": card_input(), "synthetic_output": False})
@@ -60,8 +67,9 @@ def save_test_models(root: Path) -> None:
 
 
 def inference_settings(model_root: Path, cache: Path, **overrides: Any) -> InferenceSettings:
-    """The test registry's models, any version (theirs is ``0.0.0-test``), one thread."""
-    served = {"enhancer": {"version": None}, "triage": {"version": None}}
+    """The test registry's models, any version (``0.0.0-test``; the quality enhancer ``0.0.1-test``), both
+    operating points served (the study path uses the quality one), one thread."""
+    served = {"enhancer": {"version": None}, "quality_enhancer": {"version": None}, "triage": {"version": None}}
     return InferenceSettings(weights_dir=model_root, cache_dir=cache, threads=1, **(served | overrides))
 
 
@@ -139,6 +147,19 @@ def real_slice(size: int = 64) -> np.ndarray:
     from skimage import data
 
     return (data.camera()[200 : 200 + size, 200 : 200 + size] / 255.0).astype(np.float32)
+
+
+def derived_model(ds: Dataset) -> tuple[str, str]:
+    """The model (name, version) a derived DICOM instance names: Aegle's Contributing Equipment item, checked
+    against its private block and its Derivation Description."""
+    from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
+
+    item = ds.ContributingEquipmentSequence[-1]
+    named = (str(item.ManufacturerModelName), str(item.SoftwareVersions))
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    assert (block[0x01].value, block[0x02].value) == named
+    assert f"Aegle {named[0]} {named[1]}, x" in ds.DerivationDescription
+    return named
 
 
 def seed_vitals(settings: Settings, patient: str, end: datetime, n: int = 30) -> None:

@@ -25,7 +25,9 @@ import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
 
-from core.settings import PacsSettings
+from core.settings import DEFAULT_ENHANCER as FAST
+from core.settings import DEFAULT_QUALITY_ENHANCER as QUALITY
+from core.settings import PacsSettings, Settings
 from server.api.images import png_text
 from server.inference import InferenceEngine
 from server.pacs import DicomWebStore
@@ -34,6 +36,8 @@ from tests.api_support import (
     PATIENT,
     LiveServer,
     Service,
+    derived_model,
+    inference_settings,
     npy_bytes,
     png_bytes,
     real_slice,
@@ -126,7 +130,8 @@ def test_enhance_one_instance_returns_the_derived_dicom_with_context(service: Se
     assert derived.StudyInstanceUID == source.StudyInstanceUID and derived.SeriesInstanceUID != source.SeriesInstanceUID
     assert derived.ImageType[0] == "DERIVED" and derived.PatientID == PATIENT
     applied = json.loads(r.headers["X-Aegle-Result"])
-    assert applied["model"] == "enhancer-x2" and applied["scale"] == 2 and applied["strength"] is not None
+    assert applied["model"] == QUALITY and applied["scale"] == 2 and applied["strength"] is not None  # study path
+    assert derived_model(derived) == (QUALITY, applied["model_version"]) == (QUALITY, "0.0.1-test")
     assert applied["context"]["completeness"] == pytest.approx(2 / 7, abs=1e-4)
     assert set(applied["context"]) == {"at", "window_s", "completeness", "levels", "ages_s"}  # the summary: no vector
     assert PATIENT not in r.headers["X-Aegle-Result"]
@@ -175,6 +180,110 @@ def test_stow_rs_into_a_real_orthanc(tmp_path: Path, engine: InferenceEngine, or
         assert derived, [str(s.get("SeriesDescription")) for s in found]
         stored = pacs.retrieve_series(ct().StudyInstanceUID, str(derived[-1].SeriesInstanceUID))
     assert len(stored) == 2 and {(d.Rows, d.Columns) for d in stored} == {(256, 256)}
+
+
+# --------------------------------------------------------------------------- the model each path uses
+
+
+def enhanced_by(svc: Service) -> dict[str, tuple[str, str]]:
+    """The model each input path used, as it reports it: live (X-Aegle-Applied), DICOM enhance (the derived
+    instance's Contributing Equipment and private block, and X-Aegle-Result), STOW-RS (X-Aegle-Result)."""
+    live = svc.client.post("/api/v1/enhance", content=png_bytes((real_slice() * 255).astype(np.uint8)),
+                           headers=svc.auth("clinician"))  # fmt: skip
+    assert live.status_code == 200, live.text
+    applied = json.loads(live.headers["X-Aegle-Applied"])
+    r = svc.client.post("/api/v1/enhance/dicom", content=dicom_bytes(ct()),
+                        headers=svc.auth("clinician") | {"Content-Type": "application/dicom"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    result = json.loads(r.headers["X-Aegle-Result"])
+    assert derived_model(pydicom.dcmread(io.BytesIO(r.content))) == (result["model"], result["model_version"])
+    body, content_type = multipart([dicom_bytes(ct(1, "1.2.826.0.1.3680043.8.498.78"))])
+    stow = svc.client.post("/dicom-web/studies", content=body,
+                           headers=svc.auth("device") | {"Content-Type": content_type})  # fmt: skip
+    assert stow.status_code == 200, stow.text
+    (series,) = json.loads(stow.headers["X-Aegle-Result"])["series"]
+    return {"live": (applied["model"], applied["version"]), "dicom": (result["model"], result["model_version"]),
+            "stow": (series["model"], series["model_version"])}  # fmt: skip
+
+
+def test_the_live_path_uses_the_fast_model_and_the_dicom_paths_the_quality_one(service: Service) -> None:
+    assert enhanced_by(service) == {
+        "live": (FAST, "0.0.0-test"), "dicom": (QUALITY, "0.0.1-test"), "stow": (QUALITY, "0.0.1-test")}
+
+
+def test_the_environment_chooses_the_model_of_each_path(
+    tmp_path: Path, engine: InferenceEngine, model_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AEGLE_INFERENCE__STUDY_MODEL / __LIVE_MODEL, read by Settings, flip the defaults; /models says so."""
+    monkeypatch.delenv("AEGLE_CONFIG", raising=False)
+    env = {
+        "WEIGHTS_DIR": str(model_root), "CACHE_DIR": str(engine.settings.cache_dir), "THREADS": "1",
+        "ENHANCER__VERSION": "0.0.0-test", "QUALITY_ENHANCER__VERSION": "0.0.1-test",
+        "TRIAGE__VERSION": "0.0.0-test", "STUDY_MODEL": "fast", "LIVE_MODEL": "quality",
+    }  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(f"AEGLE_INFERENCE__{key}", value)
+    eng = InferenceEngine.from_settings(Settings().inference)
+    try:
+        svc = Service(service_settings(tmp_path), eng)
+        with svc.client:
+            assert enhanced_by(svc) == {
+                "live": (QUALITY, "0.0.1-test"), "dicom": (FAST, "0.0.0-test"), "stow": (FAST, "0.0.0-test")}
+            served = svc.client.get("/api/v1/models", headers=svc.auth("operator")).json()["served"]
+            assert (served["enhancer"]["paths"], served["quality_enhancer"]["paths"]) == (["study"], ["live"])
+    finally:
+        eng.close()
+
+
+def test_until_a_quality_model_is_set_the_fast_one_serves_the_dicom_paths(
+    tmp_path: Path, engine: InferenceEngine, model_root: Path
+) -> None:
+    """The shipped defaults (quality_enhancer unset): every path uses the fast model and the service is ready."""
+    eng = InferenceEngine.from_settings(inference_settings(model_root, engine.settings.cache_dir,
+                                                           quality_enhancer=None))  # fmt: skip
+    try:
+        svc = Service(service_settings(tmp_path), eng)
+        with svc.client:
+            assert set(enhanced_by(svc).values()) == {(FAST, "0.0.0-test")}
+            models = svc.client.get("/readyz").json()["checks"]["models"]
+            assert models == {"ok": True, "reason": "loaded: enhancer enhancer-x2 for live, study; "
+                                                    "triage triage-classifier for study, classify"}  # fmt: skip
+            body = svc.client.get("/api/v1/models", headers=svc.auth("operator")).json()
+            assert body["served"]["quality_enhancer"] is None
+            assert body["served"]["enhancer"]["paths"] == ["live", "study"]
+            assert {m["name"] for m in body["models"]} == {FAST, "triage-classifier"}  # QUALITY, though in the registry
+    finally:
+        eng.close()
+
+
+def test_a_quality_model_that_does_not_load_stops_the_dicom_paths_not_the_live_one(
+    tmp_path: Path, engine: InferenceEngine, model_root: Path
+) -> None:
+    """A quality model that is set but absent is not replaced silently: not ready, named with the reason; DICOM
+    input fails with it (STOW-RS: A700, retry later), the live path keeps the fast model."""
+    absent = "enhancer-x2-quality-absent"
+    eng = InferenceEngine.from_settings(inference_settings(model_root, engine.settings.cache_dir,
+                                                           quality_enhancer={"name": absent}))  # fmt: skip
+    try:
+        svc = Service(service_settings(tmp_path), eng)
+        with svc.client:
+            models = svc.client.get("/readyz").json()["checks"]["models"]
+            assert not models["ok"] and models["reason"].startswith(f"{absent}: ")
+            body = svc.client.get("/api/v1/models", headers=svc.auth("operator")).json()
+            assert set(body["missing"]) == {absent} and body["served"]["quality_enhancer"]["paths"] == ["study"]
+            live = svc.client.post("/api/v1/enhance", content=png_bytes((real_slice() * 255).astype(np.uint8)),
+                                   headers=svc.auth("clinician"))  # fmt: skip
+            assert live.status_code == 200 and json.loads(live.headers["X-Aegle-Applied"])["model"] == FAST
+            r = svc.client.post("/api/v1/enhance/dicom", content=dicom_bytes(ct()),
+                                headers=svc.auth("clinician") | {"Content-Type": "application/dicom"})  # fmt: skip
+            assert r.status_code == 422 and r.json()["detail"]["reason"] == "not-enhanced"
+            assert f"model '{absent}' is not loaded" in r.json()["detail"]["message"]
+            body, content_type = multipart([dicom_bytes(ct(1, "1.2.826.0.1.3680043.8.498.79"))])
+            stow = svc.client.post("/dicom-web/studies", content=body,
+                                   headers=svc.auth("device") | {"Content-Type": content_type})  # fmt: skip
+            assert stow.status_code == 409 and stow.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+    finally:
+        eng.close()
 
 
 def test_dicom_requests_log_no_patient_data(service: Service, caplog: pytest.LogCaptureFixture) -> None:

@@ -265,14 +265,18 @@ def test_classify_returns_the_triage_decision(service: Service) -> None:
     assert isinstance(body["enhance"], bool) and body["reason"] and body["model"] == "triage-classifier"
 
 
-def test_models_route_lists_the_served_models(service: Service) -> None:
+def test_models_route_lists_the_served_models_and_the_paths_that_use_them(service: Service) -> None:
     body = service.client.get("/api/v1/models", headers=service.auth("operator")).json()
-    assert {m["name"]: m["backend"] for m in body["models"]} == {
-        "enhancer-x2": "onnxruntime", "triage-classifier": "onnxruntime",
+    assert {m["name"]: (m["version"], m["backend"]) for m in body["models"]} == {
+        "enhancer-x2": ("0.0.0-test", "onnxruntime"), "enhancer-x2-quality": ("0.0.1-test", "onnxruntime"),
+        "triage-classifier": ("0.0.0-test", "onnxruntime"),
     }  # fmt: skip
     assert body["missing"] == {}
-    assert body["served"] == {"enhancer": {"name": "enhancer-x2", "version": None},
-                              "triage": {"name": "triage-classifier", "version": None}}  # the tests' settings
+    assert body["served"] == {  # the tests' settings: both operating points, any version
+        "enhancer": {"name": "enhancer-x2", "version": None, "paths": ["live"]},
+        "quality_enhancer": {"name": "enhancer-x2-quality", "version": None, "paths": ["study"]},
+        "triage": {"name": "triage-classifier", "version": None, "paths": ["study", "classify"]},
+    }
 
 
 def test_readyz_reports_each_check_with_a_reason(service: Service, broker: Any) -> None:
@@ -280,6 +284,8 @@ def test_readyz_reports_each_check_with_a_reason(service: Service, broker: Any) 
     assert r.status_code == 503
     checks = r.json()["checks"]
     assert checks["models"]["ok"] and checks["store"]["ok"] and checks["pacs"]["ok"]
+    assert checks["models"]["reason"] == ("loaded: enhancer enhancer-x2 for live; quality_enhancer enhancer-x2-quality "
+                                          "for study; triage triage-classifier for study, classify")
     assert not checks["broker"]["ok"] and "cannot reach broker" in checks["broker"]["reason"]
     service.settings.mqtt = MqttSettings(host="127.0.0.1", port=broker.port, username="aegle-test",
                                          password=broker.users["aegle-test"])  # fmt: skip

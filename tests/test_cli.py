@@ -24,11 +24,13 @@ def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
 
 
 def test_models_names_the_served_models_and_what_the_registry_holds(tmp_path: Path) -> None:
-    done = aegle("models")  # the shipped registry with the default settings
+    done = aegle("models")  # the shipped registry with the default settings: no quality model set yet
     assert done.returncode == 0, done.stderr
     report = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [(e["role"], e["name"], e["version"], e["status"]) for e in report] == [
-        ("enhancer", "enhancer-x2", "3.1.0", "ok"), ("triage", "triage-classifier", "0.1.0", "ok")]
+    assert [(e["role"], e["name"], e["version"], e["paths"], e["status"]) for e in report] == [
+        ("enhancer", "enhancer-x2", "3.1.0", ["live", "study"], "ok"),
+        ("triage", "triage-classifier", "0.1.0", ["study", "classify"], "ok"),
+    ]
     assert all(len(e["sha256"]) == 64 for e in report)
     other = aegle("models", env={"AEGLE_INFERENCE__ENHANCER__VERSION": "9.0.0",
                                  "AEGLE_INFERENCE__TRIAGE__NAME": "no-such-model"})  # fmt: skip
@@ -36,6 +38,22 @@ def test_models_names_the_served_models_and_what_the_registry_holds(tmp_path: Pa
     enhancer, triage = (json.loads(line) for line in other.stdout.splitlines())
     assert enhancer["status"] == "other-version" and enhancer["registry_version"] == "3.1.0"
     assert triage["status"] == "missing" and "no-such-model" in triage["reason"]
+
+
+def test_models_shows_which_path_uses_the_quality_model_and_needs_it_only_then() -> None:
+    quality = {"AEGLE_INFERENCE__QUALITY_ENHANCER__NAME": "no-such-quality-model"}
+    done = aegle("models", env=quality)  # the study path uses it (study_model defaults to quality): exit 1
+    assert done.returncode == 1
+    report = {e["role"]: e for e in map(json.loads, done.stdout.splitlines())}
+    assert [(role, e["paths"], e["status"]) for role, e in report.items()] == [
+        ("enhancer", ["live"], "ok"), ("quality_enhancer", ["study"], "missing"),
+        ("triage", ["study", "classify"], "ok"),
+    ]  # fmt: skip
+    assert "no-such-quality-model" in report["quality_enhancer"]["reason"]
+    fast = aegle("models", env=quality | {"AEGLE_INFERENCE__STUDY_MODEL": "fast"})  # no path uses it: exit 0
+    assert fast.returncode == 0, fast.stdout
+    assert [(e["role"], e["paths"]) for e in map(json.loads, fast.stdout.splitlines())][:2] == [
+        ("enhancer", ["live", "study"]), ("quality_enhancer", [])]
 
 
 def test_context_and_vitals_from_the_store(tmp_path: Path) -> None:

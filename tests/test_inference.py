@@ -17,13 +17,16 @@ import numpy as np
 import pytest
 
 from core.settings import DEFAULT_ENHANCER as ENHANCER
+from core.settings import DEFAULT_QUALITY_ENHANCER as QUALITY
 from core.settings import DEFAULT_TRIAGE as TRIAGE
+from core.settings import InferenceSettings, Settings
 from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
 from gan.registry import load_model
-from server.inference import InferenceEngine, MicroBatcher, ModelMissing, QueueFull
+from server.inference import InferenceEngine, MicroBatcher, ModelMissing, QueueFull, role_paths
 from server.inference.backends import TorchBackend, graph_fingerprint, onnx_path, resolve
 from server.inference.engine import LoadedModel
 from tests.api_support import (
+    QUALITY_CONFIG,
     Service,
     inference_settings,
     png_bytes,
@@ -127,6 +130,58 @@ def test_a_model_of_another_version_than_the_settings_ask_is_not_served(model_ro
             eng.enhance(np.zeros((1, 32, 32), np.float32))
     finally:
         eng.close()
+
+
+# --------------------------------------------------------------------------- operating points
+
+
+def test_each_path_uses_its_operating_point_and_the_environment_chooses(
+    engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests' settings serve both enhancers: live → fast, study → quality; AEGLE_INFERENCE__*_MODEL flips them."""
+    served = engine.settings
+    assert (served.enhancer_for("live").name, served.enhancer_for("study").name) == (ENHANCER, QUALITY)
+    assert role_paths(served) == {"enhancer": ["live"], "quality_enhancer": ["study"], "triage": ["study", "classify"]}
+    assert {m["name"] for m in engine.models()} == {ENHANCER, QUALITY, TRIAGE}
+    assert engine.model(QUALITY).card.config == QUALITY_CONFIG and engine.model(ENHANCER).card.config == {}
+    study = engine.enhance(real_slice(32)[None], model=served.enhancer_for("study").name)
+    assert (study.model_name, study.model_version, len(study.alphas or ())) == (QUALITY, "0.0.1-test", 2)
+    assert engine.enhance(real_slice(32)[None]).model_name == ENHANCER  # no model named: the fast one
+    monkeypatch.delenv("AEGLE_CONFIG", raising=False)
+    monkeypatch.setenv("AEGLE_INFERENCE__LIVE_MODEL", "quality")
+    monkeypatch.setenv("AEGLE_INFERENCE__STUDY_MODEL", "fast")
+    monkeypatch.setenv("AEGLE_INFERENCE__QUALITY_ENHANCER__VERSION", "1.0.0")
+    flipped = Settings().inference
+    assert flipped.enhancer_for("live") == flipped.quality_enhancer and flipped.quality_enhancer is not None
+    assert (flipped.quality_enhancer.name, flipped.quality_enhancer.version) == (QUALITY, "1.0.0")
+    assert flipped.enhancer_for("study") == flipped.enhancer and flipped.enhancer.name == ENHANCER
+    monkeypatch.setenv("AEGLE_INFERENCE__STUDY_MODEL", "best")
+    with pytest.raises(ValueError, match="'fast' or 'quality'"):
+        Settings()
+
+
+def test_until_the_quality_model_ships_the_fast_one_serves_both_paths(
+    engine: InferenceEngine, model_root: Path
+) -> None:
+    """The shipped defaults leave ``quality_enhancer`` unset: the study path's quality operating point is then the
+    fast model (loaded once, ready); a quality model in the registry is not loaded while no path uses it."""
+    shipped = InferenceSettings()
+    assert shipped.quality_enhancer is None and shipped.study_model == "quality"
+    assert shipped.enhancer_for("study") == shipped.enhancer_for("live") == shipped.enhancer
+    assert role_paths(shipped)["enhancer"] == ["live", "study"] and role_paths(shipped)["quality_enhancer"] == []
+    cache = engine.settings.cache_dir
+    for overrides in ({"quality_enhancer": None}, {"study_model": "fast"}):
+        eng = InferenceEngine.from_settings(inference_settings(model_root, cache, **overrides), warm_up=False)
+        eng.close()
+        assert eng.ready and [m["name"] for m in eng.models()] == [ENHANCER, TRIAGE], overrides
+        assert eng.settings.enhancer_for("study").name == ENHANCER
+    # Both roles may name one model (loaded once), with one version: two would be two models under one name.
+    same = inference_settings(model_root, cache, quality_enhancer={"name": ENHANCER, "version": None})
+    eng = InferenceEngine.from_settings(same, warm_up=False)
+    eng.close()
+    assert eng.ready and [m["name"] for m in eng.models()] == [ENHANCER, TRIAGE]
+    with pytest.raises(ValueError, match=r"same model \(enhancer-x2\) with different versions \(None and 3.1.0\)"):
+        inference_settings(model_root, cache, quality_enhancer={"name": ENHANCER, "version": "3.1.0"})
 
 
 def test_onnx_export_is_cached_by_weights_sha256(model_root: Path, tmp_path: Path) -> None:

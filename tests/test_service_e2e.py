@@ -7,7 +7,8 @@ SQLite store through the real ingest worker over MQTT. Images: pydicom's real 7-
 CT_small, copied with new UIDs per test. The engine serves the shipped weights (gan/weights) when they load,
 else random-init weights of the same architectures (the pipeline is then plumbing only; quality is the
 benches' job). Every derived series is fetched back from Orthanc with WADO-RS and checked: dciodvfy, matrix and
-PixelSpacing, UIDs, references to the source instances, the result event on MQTT.
+PixelSpacing, UIDs, references to the source instances, the model named (the study path's), the result event on
+MQTT.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from server.service import AegleService
 from server.store import open_store
 from server.study import SeriesCollector, StudyPipeline, TransferInfo
 from server.study.derived import PRIVATE_CREATOR, PRIVATE_GROUP
-from tests.api_support import LiveServer, inference_settings, service_settings
+from tests.api_support import LiveServer, derived_model, inference_settings, service_settings
 from tests.dicom_support import dciodvfy, pydicom_file
 from tests.support import Collector, ingest_settings, wait_for
 
@@ -111,7 +112,7 @@ class Running:
 
 
 def engine_for(workdir: Path, model_root: Path) -> InferenceEngine:
-    """The shipped weights when both served models load from gan/weights, else the random-init test registry."""
+    """The shipped weights when every served model loads from gan/weights, else the random-init test registry."""
     shipped = InferenceEngine.from_settings(InferenceSettings(cache_dir=workdir / "cache-shipped", threads=1))
     if not shipped.missing:
         return shipped
@@ -199,6 +200,9 @@ def check_derived(run: Running, sources: list[Dataset], event: dict[str, Any], t
     assert event["counts"]["enhanced"] == len(expected) and event["counts"]["failed"] == len(failed)
     derived = run.pacs.retrieve_series(study_uid, event["derived_series_uid"])
     assert len(derived) == len(expected)
+    engine = run.service.state.engine
+    assert engine is not None and event["model"] == engine.settings.enhancer_for("study").name  # every DICOM path
+    assert {derived_model(d) for d in derived} == {(event["model"], event["model_version"])}
     by_uid = {str(ds.SOPInstanceUID): ds for ds in expected}
     assert {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) for d in derived} == set(by_uid)
     assert sorted(str(d.SOPInstanceUID) for d in derived) == sorted(event["derived_sop_instance_uids"])

@@ -1,11 +1,13 @@
 """The inference engine: registry models behind one backend, warmed up, fed through one micro-batcher.
 
-``InferenceEngine.from_settings(settings.inference)`` loads the served models (``settings.enhancer`` and
-``settings.triage``: ``enhancer-x2`` and ``triage-classifier`` by default, each with the version it must have) from the
-registry (``gan/weights`` or ``settings.weights_dir``), picks the backend (``auto``: TensorRT with CUDA, else
-ONNX Runtime on CPU; ``torch`` / ``onnxruntime`` / ``tensorrt`` force one), warms each model up and starts the
-:class:`~server.inference.batcher.MicroBatcher`. A model that is not in the registry is recorded in
-:attr:`InferenceEngine.missing` with the reason (``/readyz`` reports it) instead of stopping the service.
+``InferenceEngine.from_settings(settings.inference)`` loads the served models from the registry (``gan/weights``
+or ``settings.weights_dir``): the enhancer each input path uses (``settings.live_model`` and ``settings.study_model``
+choose the ``fast`` operating point, ``settings.enhancer``, or the ``quality`` one, ``settings.quality_enhancer``;
+see :func:`role_paths`) and ``settings.triage``, each with the version it must have. It picks the backend
+(``auto``: TensorRT with CUDA, else ONNX Runtime on CPU; ``torch`` / ``onnxruntime`` / ``tensorrt`` force one),
+warms each model up and starts the :class:`~server.inference.batcher.MicroBatcher`. A model that is not in the
+registry is recorded in :attr:`InferenceEngine.missing` with the reason (``/readyz`` reports it) instead of
+stopping the service.
 
 "Strength": the enhancer's adaptive ``α = 2σ(MLP(context))`` per residual block (1 = the unconditioned
 residual, < 1 softer, > 1 stronger); :class:`EnhanceOutput` reports their mean as ``strength`` and each block's
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from core import InferenceSettings, ServedModel
+from core import ENHANCE_PATHS, InferenceSettings, ServedModel
 from server.inference.backends import Backend, OnnxBackend, TensorRTBackend, TorchBackend, resolve
 from server.inference.batcher import MicroBatcher, QueueFull
 from server.inference.tiling import paste, receptive_radius, tiles
@@ -39,26 +41,44 @@ log = logging.getLogger("aegle.inference")
 
 __all__ = [
     "ROLES", "EnhanceOutput", "ImageTooLarge", "InferenceEngine", "InferenceMetrics", "LoadedModel", "ModelMissing",
-    "registry_report",
+    "registry_report", "role_paths",
 ]  # fmt: skip
 
-#: What the service serves, by role: each is a :class:`~core.settings.ServedModel` setting of the same name.
-ROLES = ("enhancer", "triage")
+#: What the service serves, by role: each is a :class:`~core.settings.ServedModel` setting of the same name
+#: (``enhancer``: the fast operating point; ``quality_enhancer``: the quality one, None until it is set).
+ROLES = ("enhancer", "quality_enhancer", "triage")
+#: Triage runs in the study path (advisory) and answers ``POST /api/v1/classify``, whatever the enhancers.
+TRIAGE_PATHS = ("study", "classify")
 # Registry architectures the engine can serve, and their ONNX input names.
 INPUTS: dict[str, tuple[str, ...]] = {"enhancer": ("image", "context"), "se-classifier": ("image",)}
 WARMUP_SIZE = 64
 
 
+def role_paths(settings: InferenceSettings) -> dict[str, list[str]]:
+    """The input paths each role's model serves: ``live`` (``POST /api/v1/enhance``) and ``study`` (every DICOM
+    path) use the enhancer of their operating point (:meth:`~core.settings.InferenceSettings.enhancer_role`),
+    triage serves ``study`` and ``classify``. A role with no path is not loaded; an unset role has none."""
+    paths: dict[str, list[str]] = {role: [] for role in ROLES}
+    for path in ENHANCE_PATHS:
+        paths[settings.enhancer_role(path)].append(path)
+    paths["triage"] = list(TRIAGE_PATHS)
+    return paths
+
+
 def registry_report(settings: InferenceSettings) -> list[dict[str, Any]]:
-    """Each served model as the settings name it and as the registry holds it, without loading weights:
-    ``status`` is ``ok``, ``other-version`` or ``missing`` (what ``aegle models`` prints)."""
+    """Each configured model as the settings name it (with the paths it serves) and as the registry holds it,
+    without loading weights: ``status`` is ``ok``, ``other-version`` or ``missing`` (what ``aegle models``
+    prints)."""
     from gan import CARD_FILE, DEFAULT_ROOT, RegistryError, load_card
 
     root = Path(settings.weights_dir or DEFAULT_ROOT)
     report = []
-    for role in ROLES:
-        wanted: ServedModel = getattr(settings, role)
-        entry: dict[str, Any] = {"role": role, "name": wanted.name, "version": wanted.version, "registry": str(root)}
+    for role, paths in role_paths(settings).items():
+        wanted: ServedModel | None = getattr(settings, role)
+        if wanted is None:
+            continue
+        entry: dict[str, Any] = {"role": role, "name": wanted.name, "version": wanted.version, "paths": paths,
+                                 "registry": str(root)}  # fmt: skip
         try:
             card = load_card(root / wanted.name / CARD_FILE)
         except (RegistryError, OSError) as exc:
@@ -167,11 +187,11 @@ class InferenceEngine:
 
     @classmethod
     def from_settings(
-        cls, settings: InferenceSettings, roles: Sequence[str] = ROLES, warm_up: bool = True
+        cls, settings: InferenceSettings, roles: Sequence[str] | None = None, warm_up: bool = True
     ) -> InferenceEngine:
-        """Load the models of ``roles`` (settings ``enhancer``, ``triage``) from the registry on the configured
-        backend; a missing model, or one whose card has another version than the setting asks, is recorded with
-        the reason, not fatal."""
+        """Load the models of ``roles`` (None: every role some path uses, :func:`role_paths`) from the registry on
+        the configured backend, each model once; a missing model, or one whose card has another version than the
+        setting asks, is recorded with the reason, not fatal."""
         import torch
 
         from gan import ParityError, RegistryError, load_model
@@ -185,8 +205,12 @@ class InferenceEngine:
         backend = resolve(settings.backend)
         models: list[LoadedModel] = []
         missing: dict[str, str] = {}
+        if roles is None:
+            roles = [role for role, paths in role_paths(settings).items() if paths]
         for role in roles:
-            wanted: ServedModel = getattr(settings, role)
+            wanted: ServedModel | None = getattr(settings, role)
+            if wanted is None or wanted.name in missing or any(m.name == wanted.name for m in models):
+                continue  # unset, or named by a role before (with the same version: the settings check that)
             try:
                 module, card = load_model(settings.weights_dir, wanted.name)
                 if wanted.version is not None and card.version != wanted.version:
@@ -313,7 +337,8 @@ class InferenceEngine:
         a model that cannot be tiled raises :class:`ImageTooLarge` for them.
 
         ``queue_timeout``: how long to wait for room in the queue (None: wait — the pipeline's default;
-        0: raise :class:`QueueFull` at once — what the API does).
+        0: raise :class:`QueueFull` at once — what the API does). ``model``: a served enhancer's name (None: the
+        fast one, ``settings.enhancer``); each input path passes its own (``settings.enhancer_for(path)``).
         """
         model = model or self.settings.enhancer.name
         served = self.model(model)

@@ -10,7 +10,8 @@
 4. context at acquisition time — ``acquisition``: the series' acquisition time and the patient's sensor context
    then, from the vitals store (:func:`acquisition_time`, :class:`VitalsContext`).
 5. triage — ``triage``: the quality classifier's advice per image (advisory).
-6. enhance — ``enhance``: every plane through the enhancer, conditioned on the context's vector.
+6. enhance — ``enhance``: every plane through the study path's enhancer (``build_pipeline`` binds it: the
+   ``study_model`` setting), conditioned on the context's vector.
 7. derived series — ``derived``: the new DICOM series with provenance (:func:`derived_series`).
 8. PACS — ``storage``: the derived series stored, retried while the PACS is unavailable (:class:`PacsStore`).
 9. result — ``results``: :class:`SeriesResult` → the result event (:class:`ResultPublisher`) and the study log

@@ -7,6 +7,7 @@ Both composition roots use it: the HTTP app (``server.api.create_app``, at start
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from server.study.acquisition import VitalsContext
@@ -28,11 +29,13 @@ def build_pipeline(
     settings: Settings,
     record: Callable[[SeriesResult], None] | None = None,
 ) -> StudyPipeline:
-    """A study pipeline: triage and enhancer of ``engine``; the context at acquisition time from the vitals store
-    ``vitals()`` returns, with ``settings.context``; derived series to ``pacs`` (None: returned to the caller
+    """A study pipeline: triage of ``engine`` and the enhancer its settings choose for the study path
+    (``study_model``: the quality operating point by default); the context at acquisition time from the vitals
+    store ``vitals()`` returns, with ``settings.context``; derived series to ``pacs`` (None: returned to the caller
     only); result events to ``results`` (None: none); each result to ``record`` (e.g. ``StudyRecord``); batch and
     image limits from ``settings.inference.max_batch`` and ``settings.api.max_pixels``."""
+    enhance = partial(engine.enhance, model=engine.settings.enhancer_for("study").name)
     return StudyPipeline(
-        engine.enhance, engine.triage_many, VitalsContext(vitals, settings.context), pacs or CallerOnly(), results,
+        enhance, engine.triage_many, VitalsContext(vitals, settings.context), pacs or CallerOnly(), results,
         record=record, max_batch=settings.inference.max_batch, max_pixels=settings.api.max_pixels,
     )  # fmt: skip

@@ -2,8 +2,8 @@
 
 HTTP only: both routes read the body, audit, and hand the instances to the app's study pipeline
 (:class:`server.study.StudyPipeline`, steps 3–9 of :mod:`server.study`: context at acquisition time → triage →
-enhancer → derived series → PACS → result, recorded in the study log and the metrics). With a PACS configured the
-derived series is stored there; without one it is only returned to the caller.
+the study path's enhancer → derived series → PACS → result, recorded in the study log and the metrics). With a
+PACS configured the derived series is stored there; without one it is only returned to the caller.
 """
 
 from __future__ import annotations

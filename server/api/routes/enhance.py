@@ -67,7 +67,9 @@ async def enhance_plain(
     if patient_id is not None:
         context = await run_in_threadpool(patient_context, st, patient_id, aware(at, datetime.now(UTC)))
     vector = None if context is None else context.vector
-    out = await run_in_threadpool(eng.enhance, image.planes, vector, queue_timeout=st.settings.api.queue_timeout_s)
+    model = eng.settings.enhancer_for("live").name  # the live path's operating point (fast by default)
+    out = await run_in_threadpool(eng.enhance, image.planes, vector, model=model,
+                                  queue_timeout=st.settings.api.queue_timeout_s)  # fmt: skip
     facts = applied(out, context)
     header = images.applied_header(facts)
     body = images.encode(image, out.images, {APPLIED_TEXT_KEY: header} if image.format == "png" else None)

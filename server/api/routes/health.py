@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.deps import ServiceState, require, state, vitals_store
 from server.api.tokens import ROLES, Principal
+from server.inference import role_paths
 
 router = APIRouter(tags=["health"])
 METRICS_ROLES = ("operator", "admin")
@@ -23,11 +24,16 @@ def healthz() -> dict[str, str]:
 
 
 def check_models(st: ServiceState) -> tuple[bool, str]:
+    """Every model some path uses is loaded; the reason names each role's model and its paths, or why not."""
     if st.engine is None:
         return False, f"inference engine not started: {st.engine_error}"
     if not st.engine.ready:
         return False, "; ".join(f"{name}: {why}" for name, why in st.engine.missing.items()) or "no models"
-    return True, "loaded: " + ", ".join(m["name"] for m in st.engine.models())
+    inference = st.engine.settings
+    return True, "loaded: " + "; ".join(
+        f"{role} {getattr(inference, role).name} for {', '.join(paths)}"
+        for role, paths in role_paths(inference).items() if paths
+    )
 
 
 def check_broker(st: ServiceState) -> tuple[bool, str]:
