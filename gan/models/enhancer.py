@@ -183,6 +183,20 @@ class EnhancerBlock(nn.Module):
         return self.adaptive(self.attention(x), modulation)
 
 
+def icnr_(conv: nn.Conv2d, upscale: int = 2) -> None:
+    """ICNR initialisation (Aitken et al. 2017, "Checkerboard artifact free sub-pixel convolution") in place:
+    every group of ``upscale²`` output channels that PixelShuffle interleaves into one output channel starts with
+    the same kernel, so the sub-pixel conv starts as a resize (nearest upsampling) followed by a convolution —
+    no checkerboard at initialisation, whatever the training later learns."""
+    phases = upscale**2
+    with torch.no_grad():
+        base = torch.empty(conv.out_channels // phases, *conv.weight.shape[1:])
+        nn.init.kaiming_normal_(base, a=0.2, nonlinearity="leaky_relu")
+        conv.weight.copy_(base.repeat_interleave(phases, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias[::phases].repeat_interleave(phases))
+
+
 def _upsampler(
     kind: str, channels: int, scale: int, transposed_kernel: int, out_channels: int | None = None
 ) -> nn.Sequential:
@@ -197,7 +211,9 @@ def _upsampler(
         last = out_channels is not None and i == octaves - 1
         width = out_channels if last else channels
         if kind == "pixelshuffle":
-            stages += [nn.Conv2d(channels, 4 * width, 3, padding=1), nn.PixelShuffle(2)]
+            conv = nn.Conv2d(channels, 4 * width, 3, padding=1)
+            icnr_(conv)
+            stages += [conv, nn.PixelShuffle(2)]
         else:
             # Output (H−1)·2 − 2p + k = 2H with p = (k − 2)/2; k divisible by the stride avoids checkerboards.
             stages.append(
