@@ -1,20 +1,32 @@
 """Real medical images shipped in packages, as volumes with subject ids, and leakage-free splits by subject.
 
-Datasets (see :data:`DATASETS`; nothing downloads at run time):
+Datasets (see :data:`DATASETS`; nothing downloads at run time; the inventory with licences and each subject's own
+noise is in docs/training.md):
 
-- ``pydicom``: grayscale CT, MR, CR and US files from pydicom's test files and pydicom-data that decode here.
-  What is left out, and why, comes from :func:`scan_dicom`.
-- ``mni152``: nilearn's MNI152 T1 template at 1 mm (one subject).
+- ``pydicom``: grayscale CT, MR, CR, DX and US files from pydicom's test files, pydicom-data and deid-data that
+  pydicom decodes here (what the server can read too). What is left out, and why, comes from :func:`scan_dicom`.
+- ``dicom-jpeg-lossless``: the JPEG Lossless files of the same packages, decoded with imagecodecs because pydicom
+  has no decoder for them here (a neck CT and an ultrasound image). Training only: the server refuses this
+  transfer syntax.
+- ``mni152``: nilearn's MNI152 T1 template at 1 mm (one subject: an average of 152 brains).
 - ``pyradiomics``: brain MR, breast MR and chest CT volumes with tumour masks, read from the pyradiomics 3.0.1
   source archive that ``scripts/fetch-data`` puts in ``var/data/`` (set-up time).
+- ``nibabel``: nibabel's packaged fMRI volume (EPI, one subject), from its installed test data.
+- ``dipy``: dipy 1.12.1's packaged brain MR (a diffusion b=0 volume and a T1 coronal slice), read from the wheel
+  that ``scripts/fetch-data`` puts in ``var/data/``.
+- ``pydeface``: pydeface 2.1.0's T1 head template (a mean of registered heads), read from its wheel in ``var/data/``.
 - ``retina``: scikit-image's RGB fundus photograph (one subject).
+
+:func:`load` caches each dataset per process (its arrays are read-only; every call returns new :class:`Volume`
+objects around them).
 
 Conventions of :class:`Volume`:
 
 - ``pixels`` is 2-D ``(rows, cols)``, 3-D ``(slices, rows, cols)`` (frames for multi-frame DICOM, axial slices for
   NRRD and NIfTI), or ``(rows, cols, 3)`` for RGB.
-- CT is always **float32 Hounsfield units** (RescaleSlope/Intercept applied). Everything else keeps its native
-  dtype: 12/16-bit MR and CR stay integers (an MR rescale, when present, is kept in ``meta``, not applied).
+- CT is always **float32 Hounsfield units** (RescaleSlope/Intercept applied). Other DICOM keeps its native dtype:
+  12/16-bit MR and CR stay integers (an MR rescale, when present, is kept in ``meta``, not applied). NIfTI volumes
+  are float32 with the file's scaling applied.
 - ``spacing`` is millimetres per spatial axis of ``pixels`` (NaN where unknown), or None when unknown.
 - ``photometric`` is stored as acquired; :func:`display_pixels` gives display-oriented data (MONOCHROME1 inverted).
 - ``single_instance`` is True for DICOM: ``pixels`` are one instance (all its frames), the unit of the intensity
@@ -23,12 +35,16 @@ Conventions of :class:`Volume`:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import hashlib
+import io
 import math
 import os
 import tarfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +56,10 @@ from gan.intensity import SOFT_TISSUE_WINDOW
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_DATASETS",
+    "DIPY_WHEEL",
     "HELD_OUT_TEST_SUBJECTS",
+    "PYDEFACE_WHEEL",
     "PYRADIOMICS_ARCHIVE",
     "ImageRecord",
     "Skipped",
@@ -50,7 +69,11 @@ __all__ = [
     "display_pixels",
     "held_out_test",
     "load",
+    "load_dicom_jpeg_lossless",
+    "load_dipy",
     "load_mni152",
+    "load_nibabel",
+    "load_pydeface",
     "load_pydicom",
     "load_pyradiomics",
     "load_retina",
@@ -61,8 +84,12 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Where ``scripts/fetch-data`` puts the pyradiomics source archive (``AEGLE_DATA_DIR`` overrides ``var/data``).
-PYRADIOMICS_ARCHIVE = Path(os.environ.get("AEGLE_DATA_DIR", REPO_ROOT / "var" / "data")) / "pyradiomics-3.0.1.tar.gz"
+#: Where ``scripts/fetch-data`` puts the archives read here (``AEGLE_DATA_DIR`` overrides ``var/data``).
+DATA_DIR = Path(os.environ.get("AEGLE_DATA_DIR", REPO_ROOT / "var" / "data"))
+PYRADIOMICS_ARCHIVE = DATA_DIR / "pyradiomics-3.0.1.tar.gz"
+#: dipy's wheel (only its data files are read; any platform's wheel holds the same ones).
+DIPY_WHEEL = DATA_DIR / "dipy-1.12.1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl"
+PYDEFACE_WHEEL = DATA_DIR / "pydeface-2.1.0-py3-none-any.whl"
 
 #: CT window (center, width) in HU of the pyradiomics lung volumes (the DICOM default is SOFT_TISSUE_WINDOW).
 LUNG_WINDOW = (-600.0, 1500.0)
@@ -133,18 +160,39 @@ def display_pixels(volume: Volume | Slice) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------- DICOM
 
-_MODALITIES = {"CT", "MR", "CR", "US"}
+_MODALITIES = {"CT", "MR", "CR", "DX", "US"}
 _MIN_SIDE = 32  # dicomdirtests holds 16 × 16 thumbnails: useless as images
 
 
 def _dicom_roots() -> list[tuple[str, Path]]:
     import data_store  # pydicom-data, a dependency of the data extra
+    import deid_data  # deid-data, likewise
     import pydicom
 
     return [
         ("pydicom", Path(pydicom.__file__).parent / "data" / "test_files"),
         ("pydicom-data", Path(data_store.__file__).parent / "data"),
+        ("deid-data", Path(deid_data.__file__).parent / "data"),
     ]
+
+
+def _lossless_jpeg_syntaxes() -> set[str]:
+    """JPEG Lossless (process 14) UIDs: decoded with imagecodecs when pydicom has no decoder for them here."""
+    from pydicom import uid
+
+    return {uid.JPEGLossless, uid.JPEGLosslessSV1}
+
+
+def _decode_lossless_jpeg(ds: Any) -> np.ndarray:
+    """The frames of an unsigned JPEG Lossless dataset, decoded with imagecodecs (pydicom's layout: frames first)."""
+    import imagecodecs
+    from pydicom.encaps import generate_frames
+
+    if ds.get("PixelRepresentation", 0) != 0:
+        raise ValueError("signed JPEG Lossless data is not decoded here")
+    count = int(ds.get("NumberOfFrames") or 1)
+    frames = [imagecodecs.ljpeg_decode(frame) for frame in generate_frames(ds.PixelData, number_of_frames=count)]
+    return np.stack(frames) if count > 1 else frames[0]
 
 
 def lossy_syntaxes() -> set[str]:
@@ -208,15 +256,24 @@ def _spacing(ds: Any, ndim: int) -> tuple[float, ...] | None:
 
 
 def scan_dicom() -> tuple[list[Volume], list[Skipped]]:
-    """Every decodable grayscale CT/MR/CR/US image in pydicom's test files and pydicom-data, and the skipped files.
+    """Every decodable grayscale CT/MR/CR/DX/US image in pydicom's test files, pydicom-data and deid-data, and the
+    skipped files (scanned once per process, see :func:`load`).
 
     Subject is ``dicom:<PatientID>``, else ``dicom:study:<StudyInstanceUID>``, else ``dicom:file:<path>``. Copies
     of one SOPInstanceUID (other transfer syntaxes of the same image) are kept once, uncompressed first. Lossy
     copies, thumbnails under 32 pixels and files whose transfer syntax has no decoder here are skipped.
+    ``meta["decoder"]`` is ``"pydicom"``, or ``"imagecodecs"`` for JPEG Lossless files pydicom cannot decode here.
     """
+    volumes, skipped = _scan_dicom_once()
+    return _copies(volumes), list(skipped)
+
+
+@functools.cache
+def _scan_dicom_once() -> tuple[tuple[Volume, ...], tuple[Skipped, ...]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the test files are malformed on purpose
-        return _scan_dicom()
+        volumes, skipped = _scan_dicom()
+    return _frozen(volumes), tuple(skipped)
 
 
 def _scan_dicom() -> tuple[list[Volume], list[Skipped]]:
@@ -225,6 +282,7 @@ def _scan_dicom() -> tuple[list[Volume], list[Skipped]]:
     from pydicom.pixels import get_decoder
 
     lossy = lossy_syntaxes()
+    lossless_jpeg = _lossless_jpeg_syntaxes()
     skipped: list[Skipped] = []
     candidates: list[tuple[str, Path, Any]] = []
     for prefix, root in _dicom_roots():
@@ -255,12 +313,13 @@ def _scan_dicom() -> tuple[list[Volume], list[Skipped]]:
             continue
         syntax = ds.file_meta.TransferSyntaxUID
         decoder = get_decoder(syntax) if syntax.is_compressed else None
-        if decoder is not None and not decoder.is_available:
+        via = "pydicom" if decoder is None or decoder.is_available else "imagecodecs"
+        if via == "imagecodecs" and syntax not in lossless_jpeg:
             missing = "; ".join(decoder.missing_dependencies)
             skipped.append(Skipped(name, f"no decoder for {syntax.name} installed ({missing})"))
             continue
         try:
-            arr = ds.pixel_array
+            arr = ds.pixel_array if via == "pydicom" else _decode_lossless_jpeg(ds)
         except Exception as exc:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             skipped.append(Skipped(name, f"decoding failed ({syntax.name}): {type(exc).__name__}: {first_line}"))
@@ -273,14 +332,18 @@ def _scan_dicom() -> tuple[list[Volume], list[Skipped]]:
         if min(arr.shape[-2:]) < _MIN_SIDE:
             skipped.append(Skipped(name, f"thumbnail {arr.shape[-2]}×{arr.shape[-1]} (< {_MIN_SIDE} pixels a side)"))
             continue
-        volumes.append(_dicom_volume(name, path, ds, arr))
+        volumes.append(_dicom_volume(name, path, ds, arr, via))
     return volumes, skipped
 
 
-def _dicom_volume(name: str, path: Path, ds: Any, arr: np.ndarray) -> Volume:
+def _dicom_volume(name: str, path: Path, ds: Any, arr: np.ndarray, decoder: str) -> Volume:
     arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
     modality = ds.Modality
-    meta: dict[str, Any] = {"path": str(path), "transfer_syntax": ds.file_meta.TransferSyntaxUID.name}
+    meta: dict[str, Any] = {
+        "path": str(path),
+        "transfer_syntax": ds.file_meta.TransferSyntaxUID.name,
+        "decoder": decoder,
+    }
     slope = _functional(ds, "PixelValueTransformationSequence", "RescaleSlope")
     intercept = _functional(ds, "PixelValueTransformationSequence", "RescaleIntercept")
     window = None
@@ -312,8 +375,14 @@ def _dicom_volume(name: str, path: Path, ds: Any, arr: np.ndarray) -> Volume:
 
 
 def load_pydicom() -> list[Volume]:
-    """Grayscale CT (HU), MR, CR and US images packaged with pydicom and pydicom-data (see :func:`scan_dicom`)."""
-    return scan_dicom()[0]
+    """Grayscale CT (HU), MR, CR, DX and US images packaged with pydicom, pydicom-data and deid-data that pydicom
+    decodes here (:func:`scan_dicom`)."""
+    return [v for v in scan_dicom()[0] if v.meta["decoder"] == "pydicom"]
+
+
+def load_dicom_jpeg_lossless() -> list[Volume]:
+    """The JPEG Lossless images of the same packages, decoded with imagecodecs (no pydicom decoder here)."""
+    return [v for v in scan_dicom()[0] if v.meta["decoder"] == "imagecodecs"]
 
 
 # ---------------------------------------------------------------------------------------------------------- NRRD
@@ -393,6 +462,17 @@ def nrrd_spacing(header: dict[str, str]) -> tuple[float, ...] | None:
     return None
 
 
+# ------------------------------------------------------------------------------------ archives of scripts/fetch-data
+
+
+def _fetched(path: Path | str, what: str) -> Path:
+    """``path`` if it is a file, else FileNotFoundError naming the set-up step that fetches it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} is missing: run scripts/fetch-data (set-up step)")
+    return path
+
+
 # --------------------------------------------------------------------------------------------------- pyradiomics
 
 _PYRADIOMICS_CASES = {"brain1": "MR", "brain2": "MR", "breast1": "MR", "lung1": "CT", "lung2": "CT"}
@@ -400,9 +480,7 @@ _PYRADIOMICS_CASES = {"brain1": "MR", "brain2": "MR", "breast1": "MR", "lung1": 
 
 def load_pyradiomics(archive: Path | None = None) -> list[Volume]:
     """pyradiomics 3.0.1 test cases (brain MR, breast MR, lung CT) with tumour masks, straight from the sdist."""
-    archive = Path(archive or PYRADIOMICS_ARCHIVE)
-    if not archive.is_file():
-        raise FileNotFoundError(f"pyradiomics archive {archive} is missing: run scripts/fetch-data (set-up step)")
+    archive = _fetched(archive or PYRADIOMICS_ARCHIVE, "pyradiomics archive")
     volumes = []
     with tarfile.open(archive, "r:gz") as tar:
 
@@ -434,18 +512,69 @@ def load_pyradiomics(archive: Path | None = None) -> list[Volume]:
     return volumes
 
 
-# ------------------------------------------------------------------------------------------- nilearn, skimage
+# ---------------------------------------------------------------------------------- NIfTI: nilearn, nibabel, dipy
+
+
+def _nifti_volume(image: Any, source: str, subject: str, *, frame: int = 0) -> Volume:
+    """An MR NIfTI image as ``(z, y, x)`` float32 axial slices of its closest RAS+ orientation, anterior at the top
+    (scaling applied; ``frame`` of a 4-D image)."""
+    import nibabel as nib
+
+    if len(image.shape) == 4:
+        image = image.slicer[..., frame]
+    image = nib.as_closest_canonical(image)
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    pixels = np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, :])
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])[::-1]
+    return Volume(source=source, subject=subject, modality="MR", pixels=pixels, spacing=spacing)
+
+
+def _nifti_member(archive: zipfile.ZipFile, name: str) -> Any:
+    """A gzipped NIfTI file inside a wheel, as a nibabel image (read in memory)."""
+    import nibabel as nib
+
+    return nib.Nifti1Image.from_bytes(gzip.decompress(archive.read(name)))
 
 
 def load_mni152() -> list[Volume]:
     """nilearn's MNI152 T1 template, 1 mm, as ``(z, y, x)`` float32 in [0, 1]: axial slices, anterior at the top."""
     from nilearn.datasets import load_mni152_template
 
-    img = load_mni152_template(resolution=1)
-    data = np.asarray(img.get_fdata(dtype=np.float32))
-    pixels = np.ascontiguousarray(data.transpose(2, 1, 0)[:, ::-1, :])
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])[::-1]
-    return [Volume(source="mni152", subject="mni152", modality="MR", pixels=pixels, spacing=spacing)]
+    return [_nifti_volume(load_mni152_template(resolution=1), "mni152", "mni152")]
+
+
+def load_nibabel() -> list[Volume]:
+    """nibabel's packaged real fMRI volume (``tests/data/example4d.nii.gz``: EPI, 2 × 2 × 2.2 mm; its first frame)."""
+    import nibabel as nib
+
+    path = Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"
+    return [_nifti_volume(nib.load(path), "nibabel:example4d", "nibabel:example4d")]
+
+
+def load_dipy(wheel: Path | str | None = None) -> list[Volume]:
+    """dipy 1.12.1's packaged brain MR, from its wheel: a 10-slice diffusion b=0 volume (2 mm) and a T1 coronal slice.
+
+    One subject, ``dipy``: dipy does not say whom the two come from, so they are never split apart.
+    """
+    path = _fetched(wheel or DIPY_WHEEL, "dipy wheel")
+    with zipfile.ZipFile(path) as archive:
+        b0 = _nifti_member(archive, "dipy/data/files/S0_10slices.nii.gz")
+        t1 = np.load(io.BytesIO(archive.read("dipy/data/files/t1_coronal_slice.npy")))
+    return [
+        _nifti_volume(b0, "dipy:S0_10slices", "dipy"),
+        Volume(source="dipy:t1_coronal_slice", subject="dipy", modality="MR", pixels=t1.astype(np.float32)),
+    ]
+
+
+def load_pydeface(wheel: Path | str | None = None) -> list[Volume]:
+    """pydeface 2.1.0's T1-weighted head template ``mean_reg2mean`` (a mean of registered heads, so little noise)."""
+    path = _fetched(wheel or PYDEFACE_WHEEL, "pydeface wheel")
+    with zipfile.ZipFile(path) as archive:
+        image = _nifti_member(archive, "pydeface/data/mean_reg2mean.nii.gz")
+    return [_nifti_volume(image, "pydeface:mean_reg2mean", "pydeface:mean_reg2mean")]
+
+
+# -------------------------------------------------------------------------------------------------------- skimage
 
 
 def load_retina() -> list[Volume]:
@@ -520,10 +649,20 @@ def slices(volume: Volume, axis: int = 0, min_foreground: float = 0.1) -> list[S
 
 # -------------------------------------------------------------------------------------------------------- splits
 
-#: The fixed held-out test subjects: always test, never train or validation, whatever the seed.
-#: One DICOM CT, one DICOM MR, and one masked CT and MR each from pyradiomics.
+#: The fixed held-out test subjects: always test, never train or validation, whatever the seed (docs/training.md).
+#: Since 2026-11: one DICOM CT (pancreas) and MR (abdomen, very clean), a masked CT (lung) and MR (brain) from
+#: pyradiomics. Added 2026-12: two low-noise references from sources not used before, so that PSNR there measures
+#: the model rather than the reference's own noise: a high-dose neck CT (442 mAs, JPEG Lossless, decoded with
+#: imagecodecs) and pydeface's averaged T1 head template.
 HELD_OUT_TEST_SUBJECTS: frozenset[str] = frozenset(
-    {"dicom:PANCREAS_0001", "dicom:021234567", "pyradiomics:lung2", "pyradiomics:brain2"}
+    {
+        "dicom:PANCREAS_0001",
+        "dicom:021234567",
+        "pyradiomics:lung2",
+        "pyradiomics:brain2",
+        "dicom:b2cbe507f250",
+        "pydeface:mean_reg2mean",
+    }
 )
 
 
@@ -540,12 +679,21 @@ def held_out_test(records: Iterable[T]) -> list[T]:
 
 
 def split(
-    records: Iterable[T], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+    records: Iterable[T],
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    *,
+    cover: Callable[[T], str] | None = None,
 ) -> dict[str, list[T]]:
     """Split by subject (never by slice) into ``train``/``val``/``test``, deterministically for ``seed``.
 
     ``test`` always holds the :func:`held_out_test` subjects, topped up from the shuffled others to reach its
     fraction of subjects; ``val`` and ``train`` share the rest. Fractions are of subjects, not records.
+    ``cover`` (e.g. ``lambda v: v.modality``) makes ``val`` hold every key that has two or more subjects outside
+    ``test``: where the seeded draw gave ``val`` none of a key, the first ``train`` subject of that key (in the
+    seeded order) moves to ``val`` and, if ``val`` holds two or more of another key, the last of those moves to
+    ``train``. A split that already covers every key is left as it is. A subject's key is its records' keys joined
+    by "+".
     """
     records = list(records)
     if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
@@ -559,14 +707,36 @@ def split(
     n_val = min(len(rest) - n_test, round(fractions[1] * n))
     if fractions[1] > 0 and n_val == 0 and len(rest) - n_test >= 2:
         n_val = 1
+    val, train = rest[n_test : n_test + n_val], rest[n_test + n_val :]
+    if cover is not None and val:
+        keys: dict[str, set[str]] = {}
+        for record in records:
+            keys.setdefault(record.subject, set()).add(cover(record))
+        _cover({s: "+".join(sorted(k)) for s, k in keys.items()}, val, train)
     assignment = {s: "test" for s in fixed + rest[:n_test]}
-    assignment.update({s: "val" for s in rest[n_test : n_test + n_val]})
-    assignment.update({s: "train" for s in rest[n_test + n_val :]})
+    assignment.update({s: "val" for s in val})
+    assignment.update({s: "train" for s in train})
     out: dict[str, list[T]] = {"train": [], "val": [], "test": []}
     for record in records:
         out[assignment[record.subject]].append(record)
     check_disjoint(out)
     return out
+
+
+def _cover(key: dict[str, str], val: list[str], train: list[str]) -> None:
+    """Move subjects between ``val`` and ``train`` (in place) so that ``val`` holds every key of :func:`split`'s
+    ``cover`` rule."""
+    for wanted in sorted({key[s] for s in val + train}):
+        candidates = [s for s in train if key[s] == wanted]
+        if any(key[s] == wanted for s in val) or len(candidates) < 2:
+            continue
+        counts = {k: sum(key[s] == k for s in val) for k in {key[s] for s in val}}
+        spare = [s for s in val if counts[key[s]] >= 2]
+        val.append(candidates[0])
+        train.remove(candidates[0])
+        if spare:
+            val.remove(spare[-1])
+            train.append(spare[-1])
 
 
 def check_disjoint(splits: dict[str, list[Any]]) -> None:
@@ -583,16 +753,40 @@ def check_disjoint(splits: dict[str, list[Any]]) -> None:
 
 DATASETS: dict[str, Callable[[], list[Volume]]] = {
     "pydicom": load_pydicom,
+    "dicom-jpeg-lossless": load_dicom_jpeg_lossless,
     "mni152": load_mni152,
     "pyradiomics": load_pyradiomics,
+    "nibabel": load_nibabel,
+    "dipy": load_dipy,
+    "pydeface": load_pydeface,
     "retina": load_retina,
 }
+#: Every real CT / MR / X-ray dataset: what training and the benchmarks should load (all but the RGB photograph).
+DEFAULT_DATASETS: tuple[str, ...] = tuple(name for name in DATASETS if name != "retina")
 
 
 def load(name: str) -> list[Volume]:
-    """Load a dataset of :data:`DATASETS` by name."""
-    try:
-        loader = DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
-    return loader()
+    """Load a dataset of :data:`DATASETS` by name, once per process: each call returns new :class:`Volume` objects
+    (own ``meta``) around the same read-only arrays."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    return _copies(_load_once(name))
+
+
+@functools.cache
+def _load_once(name: str) -> tuple[Volume, ...]:
+    return _frozen(DATASETS[name]())
+
+
+def _frozen(volumes: Iterable[Volume]) -> tuple[Volume, ...]:
+    """The volumes with their arrays made read-only (they are shared by every caller of the cache)."""
+    volumes = tuple(volumes)
+    for volume in volumes:
+        volume.pixels.flags.writeable = False
+        if volume.mask is not None:
+            volume.mask.flags.writeable = False
+    return volumes
+
+
+def _copies(volumes: Iterable[Volume]) -> list[Volume]:
+    return [dataclasses.replace(v, meta=dict(v.meta)) for v in volumes]

@@ -11,8 +11,10 @@ the context-conditioned enhancer can be trained and evaluated on pairs whose deg
 * a missing channel → its reference level, i.e. no blur from that channel.
 
 The mapping lives in one table, :data:`MAPPING` (rendered into ``docs/degradation.md`` by
-:func:`mapping_markdown`). Resolution loss (block mean, ×2/×4) and noise (Gaussian, Rician for MR magnitude) are
-not driven by vitals: the caller chooses them. See ``docs/degradation.md``.
+:func:`mapping_markdown`). Resolution loss (block mean, ×2/×4) and noise are not driven by vitals: the caller
+chooses the scale and the noise level; the noise model follows the modality (:data:`MODALITY_NOISE`: Rician for MR
+magnitude images, Poisson-like signal-dependent noise for X-ray, Gaussian or Poisson-like for CT). See
+``docs/degradation.md``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -37,6 +39,21 @@ BREATHING_REGIONS: frozenset[str] = frozenset(
 CARDIAC_REGIONS: frozenset[str] = frozenset({"CHEST", "CHESTABDOMEN", "CHESTABDPELVIS", "LUNG", "HEART"})
 #: Multiplicative jitter on every mapped blur length: uniform in [1 − J, 1 + J].
 JITTER = 0.10
+
+NoiseModel = Literal["gaussian", "rician", "poisson"]
+#: The noise models of :func:`degrade` (docs/degradation.md states each and its source).
+NOISE_MODELS: tuple[NoiseModel, ...] = get_args(NoiseModel)
+#: The noise models of each modality; :func:`params_from_context` draws one uniformly where there are several.
+#: MR: magnitude images (Rician). CR/DX: quantum noise of the detected X-rays (Poisson-like). CT: stationary
+#: Gaussian, or the Poisson-like stand-in for the signal dependence of its photon noise.
+MODALITY_NOISE: dict[str, tuple[NoiseModel, ...]] = {
+    "MR": ("rician",),
+    "CT": ("gaussian", "poisson"),
+    "CR": ("poisson",),
+    "DX": ("poisson",),
+}
+#: Poisson-like noise has the nominal σ at this fraction of the data range (its std is σ·√(t / 0.5) at t).
+POISSON_REFERENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,7 @@ class DegradationParams:
 
     scale: int = 1
     noise_sigma: float = 0.0
-    rician: bool = False
+    noise_model: NoiseModel = "gaussian"
     motion_blur_px: int = 0
     motion_angle_deg: float = 0.0
     resp_blur_px: int = 0
@@ -108,6 +125,8 @@ class DegradationParams:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
         if not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
             raise ValueError(f"noise_sigma must be a finite fraction of the data range >= 0, got {self.noise_sigma!r}")
+        if self.noise_model not in NOISE_MODELS:
+            raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if not math.isfinite(self.motion_angle_deg):
             raise ValueError(f"motion_angle_deg must be finite, got {self.motion_angle_deg!r}")
         for name in ("motion_blur_px", "resp_blur_px", "cardiac_blur_px"):
@@ -159,13 +178,15 @@ def params_from_context(
     *,
     scale: int = 1,
     noise_sigma: float = 0.0,
+    noise_model: NoiseModel | None = None,
 ) -> DegradationParams:
     """Severity from vitals via :data:`MAPPING`.
 
     ``modality`` is a DICOM modality code, optionally with the BodyPartExamined after a colon ("CT:CHEST").
-    ``scale`` and ``noise_sigma`` are passed through (not vitals-driven); MR gets Rician noise. ``rng`` draws the
-    motion angle and one jitter factor per mapped row, always in the same order (reproducible per seed; for a
-    fixed seed the result is monotonic in every level).
+    ``scale`` and ``noise_sigma`` are passed through (not vitals-driven). ``noise_model`` defaults to the
+    modality's (:data:`MODALITY_NOISE`). ``rng`` draws the motion angle, one jitter factor per mapped row and then,
+    for a modality with several noise models and no ``noise_model`` given, the model — always in the same order
+    (reproducible per seed; for a fixed seed the result is monotonic in every level).
     """
     code, region = _parse_modality(modality)
     levels = _levels(ctx)
@@ -183,8 +204,11 @@ def params_from_context(
         level = levels.get(row.channel)
         px = 0.0 if level is None or not applies else min(row.blur_px(level) * jitter, float(row.max_px))
         lengths[row.parameter] = _odd(px)
+    if noise_model is None:
+        options = MODALITY_NOISE[code]
+        noise_model = options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
     return DegradationParams(
-        scale=scale, noise_sigma=float(noise_sigma), rician=code == "MR", motion_angle_deg=angle, **lengths
+        scale=scale, noise_sigma=float(noise_sigma), noise_model=noise_model, motion_angle_deg=angle, **lengths
     )
 
 
@@ -253,13 +277,27 @@ def _degrade_plane(plane: np.ndarray, params: DegradationParams, lo: float, hi: 
         h, w = out.shape
         out = out.reshape(h // s, s, w // s, s).mean(axis=(1, 3))
     if params.noise_sigma > 0:
-        sigma = params.noise_sigma * (hi - lo)
-        if params.rician:
-            magnitude = out - lo
-            out = np.hypot(magnitude + rng.normal(0.0, sigma, out.shape), rng.normal(0.0, sigma, out.shape)) + lo
-        else:
-            out = out + rng.normal(0.0, sigma, out.shape)
+        out = _noisy(out, params.noise_model, params.noise_sigma, lo, hi, rng)
     return np.clip(out, lo, hi)
+
+
+def _noisy(
+    plane: np.ndarray, model: NoiseModel, level: float, lo: float, hi: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``plane`` (values in [lo, hi]) with noise of ``level`` (a fraction of hi − lo), not yet clipped.
+
+    gaussian: + N(0, s²), s = level·(hi − lo). rician: |(x − lo) + n₁ + i·n₂| + lo with n₁, n₂ ~ N(0, s²).
+    poisson: lo + (hi − lo)·Poisson(λ·t)/λ, t = (x − lo)/(hi − lo), λ = POISSON_REFERENCE / level², so the mean is
+    kept and the std is level·(hi − lo)·√(t / POISSON_REFERENCE).
+    """
+    sigma = level * (hi - lo)
+    if model == "gaussian":
+        return plane + rng.normal(0.0, sigma, plane.shape)
+    if model == "rician":
+        return np.hypot(plane - lo + rng.normal(0.0, sigma, plane.shape), rng.normal(0.0, sigma, plane.shape)) + lo
+    photons = POISSON_REFERENCE / level**2
+    fraction = np.clip((plane - lo) / (hi - lo), 0.0, 1.0)
+    return lo + (hi - lo) * rng.poisson(fraction * photons) / photons
 
 
 def degrade(
@@ -293,15 +331,17 @@ def paired(
     *,
     scale: int = 1,
     noise_sigma: float = 0.0,
+    noise_model: NoiseModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, DegradationParams]:
     """A training pair ``(low_quality, high_quality_target, params)``.
 
     The target is the clean image cropped (top-left anchored) to a multiple of ``scale`` and clipped to
-    ``data_range``, as float32; the low-quality image is ``degrade`` of that target.
+    ``data_range``, as float32; the low-quality image is ``degrade`` of that target (``noise_model`` as for
+    :func:`params_from_context`).
     """
     arr = _check_image(image)
     lo, hi = _check_range(data_range)
-    params = params_from_context(ctx, modality, rng, scale=scale, noise_sigma=noise_sigma)
+    params = params_from_context(ctx, modality, rng, scale=scale, noise_sigma=noise_sigma, noise_model=noise_model)
     h, w = arr.shape[:2]
     h, w = h - h % scale, w - w % scale
     if h == 0 or w == 0:

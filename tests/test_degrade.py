@@ -1,4 +1,5 @@
-"""The context-driven degradation simulation (gan/degrade.py) on real images: camera and a real CT slice."""
+"""The context-driven degradation simulation (gan/degrade.py) on real images: camera, a real CT slice, and real
+[0, 1]-normalised MR and CT slices for the noise models."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pydicom.data import get_testdata_file
 from skimage import data
 
 from core.context import context_from_series
+from gan import data as gdata
 from gan.degrade import (
     MAPPING,
+    MODALITY_NOISE,
+    NOISE_MODELS,
+    POISSON_REFERENCE,
     DegradationParams,
     degrade,
     line_kernel,
@@ -20,6 +25,8 @@ from gan.degrade import (
     paired,
     params_from_context,
 )
+from gan.intensity import normalise_volume
+from gan.metrics import noise_sigma
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "degradation.md"
 CAMERA_RANGE = (0.0, 255.0)
@@ -38,6 +45,17 @@ def ct() -> tuple[np.ndarray, tuple[float, float]]:
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     return hu, (float(hu.min()), float(hu.max()))
+
+
+@pytest.fixture(scope="module")
+def real_slices() -> dict[str, np.ndarray]:
+    """Real slices in model space [0, 1]: an abdominal MR (dark background, own noise σ̂ 0.0016) and a pancreas CT
+    in its soft-tissue window (every grey level from fat to contrast-filled vessels)."""
+    volumes = {v.source: v for v in gdata.load("pydicom")}
+    return {
+        "MR": normalise_volume(volumes["pydicom-data:MR-SIEMENS-DICOM-WithOverlays"]).astype(np.float64),
+        "CT": normalise_volume(volumes["pydicom-data:explicit_VR-UN"]).astype(np.float64),
+    }
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: tuple[float, float]) -> float:
@@ -152,9 +170,23 @@ def test_accepts_a_sensor_context_and_mr_gets_rician_noise() -> None:
     from_ctx = params_from_context(ctx, "MR:CHEST", np.random.default_rng(1), noise_sigma=0.02, scale=2)
     from_levels = params_from_context(ctx.levels, "MR:CHEST", np.random.default_rng(1), noise_sigma=0.02, scale=2)
     assert from_ctx == from_levels
-    assert from_ctx.rician and from_ctx.scale == 2 and from_ctx.noise_sigma == 0.02
+    assert from_ctx.noise_model == "rician" and from_ctx.scale == 2 and from_ctx.noise_sigma == 0.02
     assert from_ctx.motion_blur_px > 0 and from_ctx.resp_blur_px > 0 and from_ctx.cardiac_blur_px == 0
-    assert not params({}, "CT").rician
+
+
+def test_noise_model_follows_the_modality() -> None:
+    assert set(MODALITY_NOISE) == {"CT", "MR", "CR", "DX"} and set(NOISE_MODELS) == {"gaussian", "rician", "poisson"}
+    for seed in range(5):
+        assert params({}, "MR:HEAD", seed).noise_model == "rician"
+        assert params({}, "CR:CHEST", seed).noise_model == params({}, "DX", seed).noise_model == "poisson"
+    drawn = [params({}, "CT:CHEST", seed).noise_model for seed in range(200)]
+    assert 70 < drawn.count("poisson") < 130 and drawn.count("gaussian") == 200 - drawn.count("poisson")
+    # The draw comes after the blur draws: the blur of a CT is what it was before noise models were added.
+    ct, cr = params({"motion": 3.0}, "CT:CHEST", 4), params({"motion": 3.0}, "CR:CHEST", 4)
+    assert (ct.motion_blur_px, ct.motion_angle_deg) == (cr.motion_blur_px, cr.motion_angle_deg)
+    assert params({}, "CT", 1, noise_model="rician").noise_model == "rician"  # the caller may choose
+    with pytest.raises(ValueError, match="noise_model must be one of"):
+        DegradationParams(noise_model="speckle")  # type: ignore[arg-type]
 
 
 def test_docs_carry_the_same_table() -> None:
@@ -256,14 +288,92 @@ def test_noise_on_a_flat_region_of_a_real_image(camera) -> None:
 def test_rician_noise() -> None:
     sigma = 0.05
     zero = degrade(
-        np.zeros((256, 256)), DegradationParams(noise_sigma=sigma, rician=True), (0, 1), np.random.default_rng(2)
-    )
+        np.zeros((256, 256)), DegradationParams(noise_sigma=sigma, noise_model="rician"), (0, 1),
+        np.random.default_rng(2),
+    )  # fmt: skip
     assert (zero >= 0).all()
     assert float(zero.mean()) == pytest.approx(sigma * np.sqrt(np.pi / 2), rel=0.10)  # Rayleigh background
     bright = degrade(
-        np.full((256, 256), 0.6), DegradationParams(noise_sigma=sigma, rician=True), (0, 1), np.random.default_rng(2)
-    )
+        np.full((256, 256), 0.6), DegradationParams(noise_sigma=sigma, noise_model="rician"), (0, 1),
+        np.random.default_rng(2),
+    )  # fmt: skip
     assert float(bright.std()) == pytest.approx(sigma, rel=0.10)  # high SNR: nearly Gaussian
+
+
+# --- noise models on real slices: the measured σ is the nominal level -------------------------------------------
+
+LEVELS = (0.01, 0.03, 0.05)
+
+
+def _noise(image: np.ndarray, model: str, level: float, seed: int = 1) -> np.ndarray:
+    """The exact residual of noise alone (no blur, scale 1) on ``image`` in [0, 1]."""
+    p = DegradationParams(noise_sigma=level, noise_model=model)  # type: ignore[arg-type]
+    return degrade(image, p, (0.0, 1.0), np.random.default_rng(seed)).astype(np.float64) - image
+
+
+@pytest.mark.parametrize("modality", ["MR", "CT"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_gaussian_and_rician_residual_sigma_is_the_level_on_a_real_slice(real_slices, modality, level) -> None:
+    image = real_slices[modality]
+    inside = (image > 5 * level) & (image < 1 - 5 * level)  # nowhere near a clip, and (Rician) high SNR
+    assert inside.sum() > 20_000
+    for model in ("gaussian", "rician"):
+        residual = _noise(image, model, level)[inside]
+        assert float(residual.std()) == pytest.approx(level, rel=0.03), model
+        assert abs(float(residual.mean())) < 0.1 * level, model  # Rician's bias σ²/2A is small up here
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_immerkaer_sees_the_level_on_a_clean_real_region(real_slices, level) -> None:
+    """Immerkær's estimate (gan.metrics.noise_sigma) of the noisy image, where the reference is clean and nowhere
+    clipped (48² of the liver in the abdominal MR): the nominal level, up to the slice's own σ̂ and texture (mean
+    of 8 draws: one estimate on 46² positions scatters by about 4 %)."""
+    image = real_slices["MR"][224:272, 72:120]
+    assert image.min() > 5 * max(LEVELS) and image.max() < 1 - 5 * max(LEVELS)
+    assert noise_sigma(image) < 0.1 * min(LEVELS)
+    for model in ("gaussian", "rician", "poisson"):
+        estimate = np.mean([noise_sigma(image + _noise(image, model, level, seed)) for seed in range(8)])
+        expected = level * (np.sqrt(image / POISSON_REFERENCE).mean() if model == "poisson" else 1.0)
+        assert estimate == pytest.approx(np.hypot(expected, noise_sigma(image)), rel=0.04), model
+
+
+@pytest.mark.parametrize("modality", ["MR", "CT"])
+@pytest.mark.parametrize("level", LEVELS)
+def test_poisson_noise_is_signal_dependent(real_slices, modality, level) -> None:
+    """Poisson-like: the std at intensity t is level·√(t / 0.5), the mean is kept; a Gaussian's std is flat."""
+    image = real_slices[modality]
+    poisson, gaussian = _noise(image, "poisson", level), _noise(image, "gaussian", level)
+    inside = (image > 0.1) & (image < 1 - 5 * level)
+    standardised = poisson[inside] / (level * np.sqrt(image[inside] / POISSON_REFERENCE))
+    assert float(standardised.std()) == pytest.approx(1.0, abs=0.03)
+    assert abs(float(poisson[inside].mean())) < 0.05 * level
+    bins = [(image >= lo) & (image < hi) for lo, hi in ((0.15, 0.3), (0.4, 0.6), (0.7, 0.85))]
+    assert all(b.sum() > 2000 for b in bins)
+    spread = [float(poisson[b].std()) for b in bins]
+    assert spread[0] < spread[1] < spread[2]
+    assert spread[1] == pytest.approx(level, rel=0.05)  # nominal at mid-range
+    assert spread[2] / spread[0] == pytest.approx(np.sqrt(image[bins[2]].mean() / image[bins[0]].mean()), rel=0.06)
+    flat = [float(gaussian[b].std()) for b in bins]
+    assert max(flat) / min(flat) < 1.03
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_rician_bias_at_low_signal(real_slices, level) -> None:
+    """MR magnitude noise lifts dark pixels: E|A + n| = σ√(π/2)·L½(−A²/2σ²) (Gudbjartsson & Patz 1995), per pixel of
+    the real MR's background and dark tissue, while a Gaussian leaves their mean alone (before the clip at 0)."""
+    from scipy.special import ive
+
+    image = real_slices["MR"]
+    dark = image < level
+    assert dark.sum() > 50_000
+    a = image[dark] / level
+    x = a**2 / 4  # L½(−a²/2) = e^{−a²/4}[(1 + a²/2) I0(a²/4) + (a²/2) I1(a²/4)], with ive = I·e^{−x}
+    expected = level * np.sqrt(np.pi / 2) * ((1 + 2 * x) * ive(0, x) + 2 * x * ive(1, x))
+    measured = image[dark] + _noise(image, "rician", level)[dark]
+    assert float(measured.mean()) == pytest.approx(float(expected.mean()), rel=0.02)
+    assert float(measured.mean() - image[dark].mean()) > 0.8 * level  # the bias: most of σ√(π/2) ≈ 1.25σ
+    background = image < 0.05 * level
+    assert float(measured[background[dark]].mean()) == pytest.approx(level * np.sqrt(np.pi / 2), rel=0.03)
 
 
 def test_output_is_clipped_float32(ct) -> None:

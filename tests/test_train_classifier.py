@@ -118,7 +118,7 @@ def test_triage_data_split_by_subject_and_targets(volumes: list[data.Volume]) ->
     config = ClassifierConfig(val_samples=48, test_per_subject=6)
     task = triage_data(config, volumes)
     train, val, test = (set(task.description[f"{s}_subjects"]) for s in ("train", "val", "test"))
-    assert test == data.HELD_OUT_TEST_SUBJECTS
+    assert test == {v.subject for v in data.held_out_test(volumes)}  # the held-out subjects these datasets hold
     assert not (train & val) and not (train & test) and not (val & test)
     x, y = task.sample(np.random.default_rng(0), 64)
     assert x.shape == (64, 1, triage.INPUT_SIDE, triage.INPUT_SIDE) and x.dtype == np.float32
@@ -150,7 +150,7 @@ def test_short_triage_run_lowers_loss_and_writes_checkpoint_card_png(
     report = evaluate_triage(probabilities, task.test[1], task.test_groups, config.resamples, config.seed)
     written = {k: v for k, v in card.metrics.items() if k.startswith("test_")}
     assert written == pytest.approx(flat_metrics(report), abs=1e-6)
-    assert card.metrics["n_test"] == 8 * len(data.HELD_OUT_TEST_SUBJECTS)
+    assert card.metrics["n_test"] == 8 * len({v.subject for v in data.held_out_test(volumes)})
     png = result.loss_curve.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and zlib.crc32(png) != 0
     history = json.loads(result.history_file.read_text())

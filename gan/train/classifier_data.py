@@ -110,12 +110,14 @@ def apply_degradation(
     """
     from scipy.ndimage import zoom
 
-    blur = params_from_context(degradation.motion, modality, rng, scale=degradation.scale)
+    # The triage classes were defined and calibrated with Gaussian noise (Rician for MR): named, so not drawn.
+    noise_model = "rician" if modality.strip().upper().startswith("MR") else "gaussian"
+    blur = params_from_context(degradation.motion, modality, rng, scale=degradation.scale, noise_model=noise_model)
     out = degrade(image, blur, (0.0, 1.0), rng)
     if degradation.scale > 1:
         out = zoom(out, degradation.scale, order=3, mode="grid-mirror", grid_mode=True)
     if degradation.noise_sigma > 0:
-        noise = DegradationParams(noise_sigma=degradation.noise_sigma, rician=blur.rician)
+        noise = DegradationParams(noise_sigma=degradation.noise_sigma, noise_model=blur.noise_model)
         out = degrade(out, noise, (0.0, 1.0), rng)
     blurred = max(blur.motion_blur_px, blur.resp_blur_px, blur.cardiac_blur_px) > 1
     targets = np.array([0.0, degradation.noise_sigma > 0, blurred, degradation.scale > 1], np.float32)

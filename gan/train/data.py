@@ -56,7 +56,15 @@ VITAL_RANGES: dict[str, tuple[float, float]] = {
 _AT_MS = 1_700_000_000_000  # an arbitrary fixed "acquisition time" for synthetic contexts
 #: HR pixels of real neighbourhood kept around a patch while it is blurred, then cut (a multiple of every scale).
 PATCH_MARGIN = 8
-_REGIONS = {"lung": "CHEST", "brain": "HEAD", "breast": "BREAST", "mni152": "HEAD"}
+_REGIONS = {
+    "lung": "CHEST",
+    "brain": "HEAD",
+    "breast": "BREAST",
+    "mni152": "HEAD",
+    "nibabel": "HEAD",
+    "dipy": "HEAD",
+    "pydeface": "HEAD",
+}
 
 
 @dataclass
@@ -202,16 +210,25 @@ def make_pairs(
     allow_held_out: bool = False,
     textured_fraction: float = 1.0,
     dihedral: bool = False,
+    mismatch: float = 0.0,
 ) -> PairBatch:
     """``n`` (lr, hr, context) samples from real slices; subjects are drawn uniformly, then one of their slices.
 
     ``volumes`` are :class:`gan.data.Volume` s (prepared here) or already :func:`prepare_slices` d slices.
     ``patch`` is the HR side (a multiple of ``scale``); noise σ (fraction of the [0, 1] range) is uniform in
-    ``noise_sigma``. Held-out test subjects are refused unless ``allow_held_out``. A fraction
+    ``noise_sigma``, its model the slice modality's (:data:`gan.degrade.MODALITY_NOISE`: Rician for MR, Gaussian
+    or Poisson-like for CT, drawn per pair; ``params[i].noise_model`` says which). Blur follows the true vitals, so
+    part of the pairs are sharp (about 60 % with the default vitals). Held-out test subjects are refused unless
+    ``allow_held_out``. A fraction
     ``textured_fraction`` of the patches prefers textured regions (best of 8 random crops by std); the others are
     plain uniform random crops (flat regions and background too, where denoising matters most).
     ``dihedral`` turns each clean region by one of the 8 flips/rotations (uniform) before it is degraded, so
     blur directions stay those the vitals drew (training augmentation; one more draw per sample).
+    ``mismatch``: the fraction of samples whose context shows vitals drawn independently of the ones that degraded
+    the image (a sensor on the wrong bed, a loose sensor, a patient still during the scan but not around it):
+    agitated contexts on sharp images, calm ones on blurred images, and everything between. A model trained with
+    it must read the image as well as the context. ``observed`` holds what the context shows, ``true_levels``
+    what degraded the image. At 0 (the default) no extra random draw is made.
     """
     if patch % scale or patch < 16:
         raise ValueError(f"patch must be a multiple of scale {scale} and >= 16, got {patch}")
@@ -241,6 +258,8 @@ def make_pairs(
             k = int(rng.integers(8))
             region = np.ascontiguousarray(np.rot90(region.T if k >= 4 else region, k % 4))
         true, observed = sample_vitals(rng, missing_prob, none_prob)
+        if mismatch > 0 and rng.uniform() < mismatch:
+            _, observed = sample_vitals(rng, missing_prob, none_prob)  # the context of another moment or patient
         ctx = sample_context(observed, rng)
         sigma = float(rng.uniform(*noise_sigma))
         params = params_from_context(true, f"{sl.modality}:{sl.region}", rng, scale=scale, noise_sigma=sigma)
@@ -267,8 +286,9 @@ def make_pairs(
 def training_splits(
     volumes: Sequence[gdata.Volume], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 ) -> dict[str, list[gdata.Volume]]:
-    """:func:`gan.data.split` by subject; returns only ``train`` and ``val`` (the test split is never used here)."""
-    parts = gdata.split(volumes, fractions, seed=seed)
+    """:func:`gan.data.split` by subject, with every modality in ``val`` (``cover``: a CT and an MR subject
+    whenever two of each are free); returns only ``train`` and ``val`` (the test split is never used here)."""
+    parts = gdata.split(volumes, fractions, seed=seed, cover=lambda v: v.modality)
     for name in ("train", "val"):
         leaked = sorted({v.subject for v in gdata.held_out_test(parts[name])})
         if leaked:  # split() guarantees this; checked again because training on them would be silent

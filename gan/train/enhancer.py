@@ -105,6 +105,10 @@ class TrainConfig:
     d_lr: float = 1e-4
     noise_sigma: tuple[float, float] = (0.01, 0.03)
     missing_prob: float = 0.2
+    # contexts that do not match the image (make_pairs mismatch), in training and val pairs alike
+    context_mismatch: float = cli_option(
+        0.0, help="fraction of pairs whose context shows other vitals than those that degraded the image"
+    )
     # patches preferring texture; the rest uniform crops (see make_pairs)
     textured_fraction: float = cli_option(
         0.5, help="fraction of patches cropped where the image is textured (the rest: uniform random crops)"
@@ -175,13 +179,18 @@ class TrainResult(RunResult):
 
 
 def _psnr_ssim(hr: np.ndarray, out: np.ndarray, params: Sequence[DegradationParams], prefix: str) -> dict[str, float]:
-    """Mean PSNR / SSIM over N×1×H×W pairs (data range 1), plus mean PSNR per :data:`BLUR_GROUPS` group."""
+    """Mean PSNR / SSIM over N×1×H×W pairs (data range 1), plus mean PSNR per :data:`BLUR_GROUPS` group.
+
+    A pair reproduced exactly (air windowed to 0 has no signal-dependent noise, so its LR, bicubic and HR are all
+    0) has an infinite PSNR; it is left out of the PSNR means (its SSIM counts).
+    """
     psnrs = np.array([metrics.psnr(hr[j, 0], out[j, 0], 1.0) for j in range(len(hr))])
     ssims = [metrics.ssim(hr[j, 0], out[j, 0], 1.0) for j in range(len(hr))]
     blur = np.array([blur_px(p) for p in params])
-    scores = {f"{prefix}_psnr": float(psnrs.mean()), f"{prefix}_ssim": float(np.mean(ssims))}
+    finite = np.isfinite(psnrs)
+    scores = {f"{prefix}_psnr": float(psnrs[finite].mean()), f"{prefix}_ssim": float(np.mean(ssims))}
     for group, (lo, hi) in BLUR_GROUPS.items():
-        chosen = (blur >= lo) & (blur <= hi)
+        chosen = (blur >= lo) & (blur <= hi) & finite
         if chosen.any():
             scores[f"{prefix}_psnr_{group}"] = float(psnrs[chosen].mean())
     return scores
@@ -286,6 +295,7 @@ def _train(config: TrainConfig, volumes: Sequence[gdata.Volume] | None) -> Train
         "noise_sigma": tuple(config.noise_sigma),
         "missing_prob": config.missing_prob,
         "textured_fraction": config.textured_fraction,
+        "mismatch": config.context_mismatch,
     }
     val = make_pairs(val_slices, config.scale, np.random.default_rng(config.val_seed), config.val_pairs, **pair_kw)
 
