@@ -25,6 +25,9 @@ Method, all in one process and one run so that the ratios share the machine's st
   gracefully), so even the ratios are then unreliable: rerun on an idle machine.
 * **gemm_fraction** — achieved model GFLOP/s of the faster backend (slices/s × GFLOP/slice) ÷ GEMM GFLOP/s.
 * **Parity** — max |ORT − torch| on the timed batch, once.
+* **Two served models** — ``--name`` (the model the PACS path serves) and ``--fast-name`` (the fast model), both
+  from the weights registry, measured in the same run with the same protocol (``fast_slices_per_s``, ``fast``);
+  one model given twice is measured once.
 * **Variants** (full run only, or ``--variants``) — cheaper configurations of the same class, same protocol
   with fewer rounds, to show the speed/size trade-off (including the pixel-unshuffle trunk). The headline
   fields are the configuration chosen by the flags: the default configuration (pixelshuffle, channels 32,
@@ -35,6 +38,7 @@ Method, all in one process and one run so that the ratios share the machine's st
     python -m bench.enhancer_speed --quick    # 1024² GEMM, 5 rounds, default model only (under a minute)
     python -m bench.enhancer_speed --quick --trunk unshuffle   # headline = the pixel-unshuffle trunk
     python -m bench.enhancer_speed --quick --name enhancer-x2  # headline = the shipped model (gan/weights)
+    python -m bench.enhancer_speed --name enhancer-x2-quality --fast-name enhancer-x2 --no-variants  # both models
 
 The last stdout line is one JSON object; progress goes to stderr.
 """
@@ -407,13 +411,18 @@ def run_benchmark(
     variant_runs: int | None = None,
     config: dict[str, Any] | None = None,
     weights: tuple[str | Path | None, str] | None = None,
+    fast: tuple[str | Path | None, str] | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-ready result (headline fields = ``config``, default
-    :data:`DEFAULT_CONFIG`; or, with ``weights=(registry root, name)``, that trained model's config and weights)."""
+    :data:`DEFAULT_CONFIG`; or, with ``weights=(registry root, name)``, that trained model's config and weights).
+
+    ``fast=(registry root, name)``: the fast model, measured right after the headline in the same way (``fast_*``).
+    """
     state, weights_label = None, "random-init"
     if weights is not None:
         config, state, weights_label = shipped(*weights)
     config = dict(config or DEFAULT_CONFIG)
+    fast_model = None if fast is None else shipped(*fast)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     load_before = os.getloadavg()
@@ -422,6 +431,13 @@ def run_benchmark(
         gemm = gemm_runner(gemm_n, gemm_repeats)
         with tempfile.TemporaryDirectory(prefix="aegle-bench-enhancer-") as tmp:
             head = measure_config(config, batch, lr_size, runs, warmup, Path(tmp), gemm, state=state)
+            fast_result = None
+            if fast_model is not None:
+                fast_config, fast_state, fast_label = fast_model
+                measured = dict(head) if fast_label == weights_label else measure_config(
+                    fast_config, batch, lr_size, runs, warmup, Path(tmp), gemm, state=fast_state
+                )  # the same model twice is measured once
+                fast_result = {"weights": fast_label, **measured}
             others = [
                 measure_config(cfg, batch, lr_size, variant_runs or max(2, runs // 2), 1, Path(tmp))
                 for cfg in variants
@@ -443,10 +459,16 @@ def run_benchmark(
         other["gemm_fraction"] = round(best / head["gemm_gflops"], 4)
         for key in ("runs_slices_per_s", "time_share_torch", "gflop_per_slice_by_part"):
             other.pop(key)
+    fast_fields = {} if fast_result is None else {
+        "fast_slices_per_s": fast_result["slices_per_s"],
+        "fast_slices_per_s_onnxruntime": fast_result["slices_per_s_onnxruntime"],
+        "fast": fast_result,
+    }  # fmt: skip
     return {
         "bench": "enhancer_speed",
         "model": "ContextEnhancer",
         "weights": weights_label,
+        **fast_fields,
         "config": head.pop("config"),
         "scale": 2,
         "batch": batch,
@@ -496,6 +518,8 @@ def main() -> None:
                         help="trunk of the headline configuration (default lowres, the shipped default)")
     parser.add_argument("--weights", default=None, help="registry root of --name (default gan/weights)")
     parser.add_argument("--name", default=None, help="measure this trained enhancer (e.g. enhancer-x2), not --trunk")
+    parser.add_argument("--fast-weights", default=None, help="registry root of --fast-name (default gan/weights)")
+    parser.add_argument("--fast-name", default=None, help="also measure this trained enhancer, the fast model")
     parser.add_argument("--variants", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure cheaper configurations (default: on, off with --quick)")
     args = parser.parse_args()
@@ -511,6 +535,7 @@ def main() -> None:
         variants=variants_for(config) if with_variants else (),
         config=config,
         weights=(args.weights, args.name) if args.name else None,
+        fast=(args.fast_weights, args.fast_name) if args.fast_name else None,
     )
     print(json.dumps(result))
 

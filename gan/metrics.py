@@ -22,7 +22,13 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 __all__ = [
+    "CHECKERBOARD_HALF_WIDTH",
+    "CHECKERBOARD_HIGH_BAND",
     "METRICS",
+    "TISSUE_CLOSING_RADIUS",
+    "TISSUE_LEVEL",
+    "TISSUE_MIN_SIZE",
+    "checkerboard_ratio",
     "compute",
     "mean_gradient",
     "mutual_information",
@@ -32,6 +38,7 @@ __all__ = [
     "psnr",
     "spatial_frequency",
     "ssim",
+    "tissue_mask",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -77,18 +84,32 @@ def _channels(img: FloatArray) -> list[FloatArray]:
     return [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[-1])]
 
 
+def _check_mask(mask: ArrayLike, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    """A boolean H×W mask for images of ``shape`` (H×W or H×W×C), with at least one True pixel."""
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise ValueError(f"mask must be a boolean array, got dtype {m.dtype}")
+    if m.shape != shape[:2]:
+        raise ValueError(f"mask has shape {m.shape}, the images' spatial shape is {shape[:2]}")
+    if not m.any():
+        raise ValueError("mask selects no pixel")
+    return m
+
+
 # --------------------------------------------------------------------------- full-reference metrics
 
 
-def psnr(reference: ArrayLike, test: ArrayLike, data_range: float) -> float:
+def psnr(reference: ArrayLike, test: ArrayLike, data_range: float, *, mask: ArrayLike | None = None) -> float:
     """Peak signal-to-noise ratio in dB: ``10·log10(data_range² / MSE)``.
 
-    MSE is the mean over all pixels (and channels). ``data_range`` is required. Identical images
-    return ``+inf``. Same convention as ``skimage.metrics.peak_signal_noise_ratio``.
+    MSE is the mean over all pixels (and channels), or over the pixels where the H×W boolean ``mask`` is True
+    (e.g. :func:`tissue_mask` of the reference). ``data_range`` is required. Identical images return ``+inf``.
+    Same convention as ``skimage.metrics.peak_signal_noise_ratio``.
     """
     x, y = _pair(reference, test)
     r = _check_range(data_range)
-    mse = float(np.mean((x - y) ** 2))
+    squared = (x - y) ** 2
+    mse = float(np.mean(squared if mask is None else squared[_check_mask(mask, x.shape)]))
     if mse == 0.0:
         return math.inf
     return float(10.0 * np.log10(r * r / mse))
@@ -102,6 +123,7 @@ def ssim(
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    mask: ArrayLike | None = None,
 ) -> float:
     """Mean structural similarity (Wang et al. 2004), Gaussian-weighted.
 
@@ -113,12 +135,15 @@ def ssim(
     * ``C1=(K1·L)²``, ``C2=(K2·L)²`` with K1=0.01, K2=0.03, L=data_range;
     * filtering uses ``mode='reflect'`` borders, then the SSIM map is cropped by the window radius
       (5 px for σ=1.5) on every side, so the mean is over the valid region only;
-    * H×W×C input: SSIM per channel, then the mean over channels.
+    * H×W×C input: SSIM per channel, then the mean over channels;
+    * ``mask`` (H×W boolean, e.g. :func:`tissue_mask` of the reference): the mean is over the masked pixels of
+      the valid region only (the local statistics still see every pixel).
 
     Both spatial sides must be at least the window size (11 for σ=1.5).
     """
     x, y = _pair(reference, test)
     r = _check_range(data_range)
+    chosen = None if mask is None else _check_mask(mask, x.shape)
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     truncate = 3.5
@@ -132,6 +157,9 @@ def ssim(
     def filt(z: FloatArray) -> FloatArray:
         return ndimage.gaussian_filter(z, sigma=sigma, truncate=truncate, mode="reflect")
 
+    inner = (slice(radius, -radius), slice(radius, -radius))
+    if chosen is not None and not chosen[inner].any():
+        raise ValueError(f"mask has no pixel in the SSIM valid region (the image minus a {radius}-px border)")
     values = []
     for xc, yc in zip(_channels(x), _channels(y), strict=True):
         ux, uy = filt(xc), filt(yc)
@@ -139,7 +167,8 @@ def ssim(
         vy = filt(yc * yc) - uy * uy
         vxy = filt(xc * yc) - ux * uy
         s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-        values.append(float(s[radius:-radius, radius:-radius].mean()))
+        valid = s[inner]
+        values.append(float(valid.mean() if chosen is None else valid[chosen[inner]].mean()))
     return float(np.mean(values))
 
 
@@ -258,6 +287,92 @@ def noise_sigma(img: ArrayLike) -> float:
     mask = np.array(IMMERKAER_MASK)
     responses = [np.abs(ndimage.correlate(c, mask))[1:-1, 1:-1].mean() for c in _channels(x)]
     return float(np.mean(responses)) * IMMERKAER_SCALE
+
+
+# --------------------------------------------------------------------------- tissue and artefacts
+
+#: :func:`tissue_mask` threshold: this fraction of the way from the image's 1st to its 99th percentile.
+TISSUE_LEVEL = 0.1
+#: :func:`tissue_mask` closing: a diamond (city-block ball) of this radius in pixels.
+TISSUE_CLOSING_RADIUS = 2
+#: :func:`tissue_mask` drops connected components smaller than this many pixels.
+TISSUE_MIN_SIZE = 64
+
+
+def tissue_mask(image: ArrayLike) -> NDArray[np.bool_]:
+    """The body (tissue) pixels of one 2-D grayscale image, as a boolean H×W array.
+
+    1. Threshold: pixels above ``p1 + TISSUE_LEVEL·(p99 − p1)`` of the image's own values (p1 ≈ the air or
+       background level, p99 ≈ bright tissue), so the threshold follows the display mapping: air at 0 in a CT
+       soft-tissue window and at 0.23 of the range in a lung window, MR background noise, all fall below it.
+    2. Morphological closing with a diamond of radius :data:`TISSUE_CLOSING_RADIUS` (outside the image counts as
+       background, so the border is not eroded): bridges one- and two-pixel gaps in the body outline.
+    3. Hole filling: everything the body encloses counts as tissue (lungs, bowel gas, sinuses, CSF, fat).
+    4. Connected components smaller than :data:`TISSUE_MIN_SIZE` pixels are dropped (specks in the air).
+
+    Not eroded: pixels at the tissue/air edge are tissue. Anything outside the body as bright as tissue (a
+    scanner table, a coil, text burnt into the image) counts as tissue too. An image without contrast
+    (p99 = p1) has no tissue. Units do not matter (the threshold is relative).
+    """
+    x = _as_image(image, "image")
+    if x.ndim != 2:
+        raise ValueError(f"tissue_mask needs a 2-D (H×W) image, got shape {x.shape}")
+    lo, hi = np.percentile(x, [1.0, 99.0])
+    if hi <= lo:
+        return np.zeros(x.shape, dtype=bool)
+    above = x > lo + TISSUE_LEVEL * (hi - lo)
+    r = TISSUE_CLOSING_RADIUS
+    ball = ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), r)
+    closed = ndimage.binary_closing(np.pad(above, r), structure=ball)[r:-r, r:-r]
+    filled = ndimage.binary_fill_holes(closed)
+    labels, n = ndimage.label(filled)
+    if n == 0:
+        return filled
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= TISSUE_MIN_SIZE
+    keep[0] = False
+    return keep[labels]
+
+
+#: :func:`checkerboard_ratio`: half-width (cycles/pixel, Chebyshev) of the neighbourhood of each Nyquist point.
+CHECKERBOARD_HALF_WIDTH = 1 / 32
+#: :func:`checkerboard_ratio`: the high band it normalises by, ``max(|fx|, |fy|) >= CHECKERBOARD_HIGH_BAND``.
+CHECKERBOARD_HIGH_BAND = 1 / 4
+
+
+def checkerboard_ratio(output: ArrayLike, base: ArrayLike) -> float:
+    """Share of the high-frequency energy of the residual ``output − base`` that sits at the Nyquist points.
+
+    ``base`` is what the output refines (for a ×2 enhancer: the bicubic upsampling of its input). The residual,
+    its mean removed, times a 2-D Hann window (no wrap-around edge), gives the power spectrum ``P(fy, fx)``
+    (cycles/pixel, ±½ = Nyquist). The ratio is ``ΣP`` over the three neighbourhoods of half-width
+    :data:`CHECKERBOARD_HALF_WIDTH` around (½, 0), (0, ½) and (½, ½) (with their mirror images) divided by ``ΣP``
+    over the high band ``max(|fx|, |fy|) ≥`` :data:`CHECKERBOARD_HIGH_BAND`, which contains them. In [0, 1];
+    a white-noise residual gives ≈ 0.016 (the neighbourhoods' share of the band's area), a smooth one ≈ 0, and a
+    residual without energy in the band 0.
+
+    Why it sees the transposed-convolution artefact: a stride-2 transposed conv computes each output pixel with
+    one of four sub-pixel phase filters, and whatever differs between the phases is a period-2 pattern — the
+    feature maps times (−1)^x, (−1)^y or (−1)^(x+y) — which moves the image-scale (low-frequency) content of the
+    features to within its bandwidth of the three Nyquist points. Denoising and sharpening residuals spread over
+    the whole band instead; normalising by the band, not by the residual's total energy, keeps large-scale
+    corrections (contrast, deblurring) from diluting the figure. Both images 2-D, sides at least 32 pixels.
+    """
+    x, y = _pair(base, output, ("base", "output"))
+    if x.ndim != 2:
+        raise ValueError(f"checkerboard_ratio needs 2-D (H×W) images, got shape {x.shape}")
+    if min(x.shape) < 32:
+        raise ValueError(f"checkerboard_ratio needs sides of at least 32 pixels, got {x.shape}")
+    residual = y - x
+    residual = (residual - residual.mean()) * np.outer(np.hanning(x.shape[0]), np.hanning(x.shape[1]))
+    power = np.abs(np.fft.fft2(residual)) ** 2
+    fy = np.abs(np.fft.fftfreq(x.shape[0]))[:, None]
+    fx = np.abs(np.fft.fftfreq(x.shape[1]))[None, :]
+    w = CHECKERBOARD_HALF_WIDTH
+    low_y, low_x, nyq_y, nyq_x = fy <= w, fx <= w, fy >= 0.5 - w, fx >= 0.5 - w
+    peaks = (nyq_y & low_x) | (low_y & nyq_x) | (nyq_y & nyq_x)
+    band = float(power[np.maximum(fy, fx) >= CHECKERBOARD_HIGH_BAND].sum())
+    return 0.0 if band == 0.0 else float(power[peaks].sum() / band)
 
 
 # --------------------------------------------------------------------------- registry

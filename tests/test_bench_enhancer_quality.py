@@ -41,43 +41,93 @@ def _finite(x: object) -> bool:
 
 def test_quick_run_fields_and_no_leakage(weights: Path, volumes: list[data.Volume]) -> None:
     summary = eq.run(
-        weights, "tiny", "tiny-blind", quick=True, volumes=volumes, pairs_per_subject=3, val_pairs_per_subject=2
-    )
+        weights, "tiny", "tiny-blind", fast_weights=weights, fast_name="tiny", quick=True, volumes=volumes,
+        pairs_per_subject=2, val_pairs_per_subject=2,
+    )  # fmt: skip
     json.dumps(summary)  # serialisable
+    usable = [v for v in volumes if v.modality in ("CT", "MR") and not v.is_rgb]
+    held_out = {v.subject for v in data.held_out_test(usable)}  # those of the held-out subjects in these datasets
+    # the headline figures, for the PACS model (blind twin as reference) and the fast one (zero-context reference:
+    # "tiny" without its blind twin is a different model/reference pair, so it is run again)
+    assert summary["blind_reference"] == "blind-twin" and summary["fast_blind_reference"] == "zero-context"
+    assert not summary["fast_is_pacs_model"]
+    for key in eq.FIGURES:
+        for prefix, role in (("", "pacs"), ("fast_", "fast")):
+            figure = summary["models"][role]["figures"][key]
+            assert _finite(summary[prefix + key]) and summary[prefix + key] == figure["overall"], prefix + key
+            assert set(figure["by_modality"]) == {"CT", "MR"} and all(map(_finite, figure["by_modality"].values()))
+            assert set(figure["by_subject"]) == held_out
+            spread = figure["subject_spread"]
+            assert spread["subjects"] == len(held_out) and spread["min"] <= figure["overall"] <= spread["max"]
+            assert _finite(spread["std"]) and spread["std"] >= 0
     for key in (
-        "psnr_bicubic_db", "psnr_classical_db", "psnr_enhancer_db", "psnr_gain_vs_bicubic_db",
-        "psnr_gain_vs_classical_db", "ssim", "ssim_bicubic", "context_gain_db", "shuffled_context_gain_db",
-        "classical_parameter",
+        "psnr_bicubic_db", "psnr_classical_db", "psnr_enhancer_db", "psnr_gain_vs_classical_db", "ssim",
+        "ssim_bicubic", "context_gain_db", "shuffle_cost_db", "tissue_psnr_enhancer_db", "classical_parameter",
     ):  # fmt: skip
         assert _finite(summary[key]), key
-    assert summary["pairs"] == 3 * len(summary["subjects"]) > 0
-    # test pairs come only from the fixed held-out subjects, and all of them (the default data has each)
-    assert set(summary["subjects"]) == set(data.HELD_OUT_TEST_SUBJECTS)
+    assert 0 <= summary["checkerboard_ratio"] <= 1
+    # the figures are the differences they are named after
+    close = {"abs": 2e-4}
+    assert summary["psnr_gain_vs_bicubic_db"] == pytest.approx(
+        summary["psnr_enhancer_db"] - summary["psnr_bicubic_db"], **close
+    )
+    assert summary["tissue_psnr_gain_vs_best_classical_db"] == pytest.approx(
+        summary["tissue_psnr_enhancer_db"] - summary["tissue_psnr_classical_db"], **close
+    )
+    assert summary["ssim_gain_vs_best_classical"] == pytest.approx(summary["ssim"] - summary["ssim_classical"], **close)
+    assert summary["shuffled_context_gain_db"] == pytest.approx(
+        summary["psnr_enhancer_shuffled_db"] - summary["psnr_blind_db"], **close
+    )
+    conditions = summary["models"]["pacs"]["context_conditions"]
+    assert conditions["agitated_but_sharp"]["overall"] == -summary["wrong_context_loss_db"]
+    assert conditions["true_on_blurred"]["overall"] == summary["context_gain_blurred_db"]
+    assert conditions["true"]["overall"] == pytest.approx(summary["context_gain_db"], **close)
+    # half sharp, half blurred, per subject; each condition on its own half
+    assert summary["pairs"] == 2 * len(summary["subjects"]) > 0
+    assert summary["pairs_by_blur"] == {"still": summary["pairs"] // 2, "blurred": summary["pairs"] // 2}
+    for name in ("true_on_sharp", "agitated_but_sharp", "true_on_blurred", "calm_but_blurred"):
+        assert conditions[name]["n"] == summary["pairs"] // 2
+    for subject in summary["by_subject"].values():
+        assert subject["bicubic"]["pairs"] == 2
+    # test pairs come only from the fixed held-out subjects, and from all of them that the datasets hold
+    assert set(summary["subjects"]) == held_out and held_out <= data.HELD_OUT_TEST_SUBJECTS
     assert summary["pairs_by_modality"]["CT"] > 0 and summary["pairs_by_modality"]["MR"] > 0
-    for modality in ("CT", "MR"):
-        assert _finite(summary["by_modality"][modality]["enhancer"]["psnr_db"])
-    # every pair is in at most one blur group; the groups' pair counts agree across methods
     by_blur = summary["by_blur"]
-    assert sum(g["bicubic"]["pairs"] for g in by_blur.values()) <= summary["pairs"]
     for group in by_blur.values():
         assert {m["pairs"] for m in group.values()} == {group["bicubic"]["pairs"]}
-    # every test pair belongs to exactly one subject, and each subject's mean is reported for every method
     by_subject = summary["by_subject"]
     assert set(by_subject) == set(summary["subjects"])
     assert sum(s["bicubic"]["pairs"] for s in by_subject.values()) == summary["pairs"]
     for per_method in by_subject.values():
         assert set(per_method) == set(summary["methods"])
-        assert _finite(per_method["enhancer"]["psnr_db"])
-    # the classical strength was chosen on the val split, which holds no held-out subject
+        assert _finite(per_method["enhancer"]["tissue_psnr_db"]) and _finite(per_method["fast_blind"]["psnr_db"])
+    # the classical strengths were chosen on the val split, which holds no held-out subject; quick runs only the
+    # val winner on the test pairs
     tuning = summary["classical_tuning"]
-    usable = [v for v in volumes if v.modality in ("CT", "MR") and not v.is_rgb]
     val_subjects = {v.subject for v in training_splits(usable)["val"]}
     assert set(tuning["val_subjects"]) <= val_subjects
     assert not set(tuning["val_subjects"]) & data.HELD_OUT_TEST_SUBJECTS
-    assert summary["classical_method"] in ("nl_means", "tv_chambolle")
-    assert summary["classical_parameter"] in eq.GRIDS[summary["classical_method"]]
+    assert summary["classical_method"] in eq.GRIDS
+    assert summary["classical_parameter"] in eq.QUICK_GRIDS[summary["classical_method"]]
     assert summary["psnr_classical_db"] == summary["methods"][summary["classical_method"]]["psnr_db"]
+    assert {"bicubic", "classical", summary["classical_method"]} <= set(summary["methods"])
     assert len(summary["weights"]["sha256"]) == 64 and summary["weights"]["name"] == "tiny"
+    assert summary["blind_weights"]["name"] == "tiny-blind" and summary["fast_blind_weights"] is None
+
+
+def test_blur_mix_is_exact_per_subject(volumes: list[data.Volume]) -> None:
+    from gan.train.data import prepare_slices
+
+    slices = prepare_slices(data.held_out_test(volumes), allow_held_out=True)
+    pairs = eq.make_bench_pairs(slices, 2, 4, seed=3, allow_held_out=True, blur_mix=eq.BLUR_MIX)
+    still, blurred = set(pairs.group("still")), set(pairs.group("blurred"))
+    assert not still & blurred and len(still) == len(blurred) == len(pairs) // 2
+    for subject in set(pairs.pairs.subjects):
+        mine = {i for i, s in enumerate(pairs.pairs.subjects) if s == subject}
+        assert len(mine & still) == len(mine & blurred) == 2
+    # tissue masks of the HR crops: the held-out crops are mostly body
+    assert pairs.tissue.shape == (len(pairs), eq.CROP, eq.CROP) and pairs.tissue.dtype == bool
+    assert pairs.tissue.mean() > 0.8
 
 
 def test_pairs_are_deterministic_and_held_out_only(volumes: list[data.Volume]) -> None:

@@ -69,3 +69,32 @@ def test_run_benchmark_on_registry_weights(tmp_path: Path) -> None:
     assert result["weights"].startswith("tiny-x2 (sha256 ")
     assert result["config"] == {"channels": 8, "n_blocks": 1, "trunk": "unshuffle"}
     assert result["slices_per_s"] > 0 and 0 <= result["parity_max_abs"] < 1e-3
+
+
+def test_run_benchmark_measures_both_served_models(tmp_path: Path) -> None:
+    """``--name`` and ``--fast-name``: two registry models in one run, each with its own figures; one model named
+    twice is measured once."""
+    import torch
+
+    from gan.registry import save_model
+
+    card = {
+        "version": "test", "training": {"data": "none (speed test)", "command": "test", "seed": 3},
+        "input": {"channels": 1, "scale": 2, "context_size": CONTEXT_SIZE, "normalisation": "[0, 1]"},
+        "synthetic_output": True,
+    }  # fmt: skip
+    for name, channels in (("quality-x2", 8), ("fast-x2", 4)):
+        torch.manual_seed(3)
+        config = {"in_channels": 1, "scale": 2, "channels": channels, "n_blocks": 1}
+        save_model(ContextEnhancer(**config), tmp_path, name, "enhancer", config, card)
+    tiny = {"batch": 2, "lr_size": 16, "runs": 1, "warmup": 0, "gemm_n": 64, "gemm_repeats": 1}
+    both = run_benchmark(**tiny, weights=(tmp_path, "quality-x2"), fast=(tmp_path, "fast-x2"))
+    json.dumps(both)
+    assert both["weights"].startswith("quality-x2 ") and both["fast"]["weights"].startswith("fast-x2 ")
+    assert both["fast"]["config"]["channels"] == 4 and both["config"]["channels"] == 8
+    for key in ("fast_slices_per_s", "fast_slices_per_s_onnxruntime"):
+        assert isinstance(both[key], float) and both[key] > 0, key
+    assert both["fast"]["model_gflop_per_slice"] < both["model_gflop_per_slice"]
+    assert 0 <= both["fast"]["parity_max_abs"] < 1e-3
+    once = run_benchmark(**tiny, weights=(tmp_path, "fast-x2"), fast=(tmp_path, "fast-x2"))
+    assert once["fast_slices_per_s"] == once["slices_per_s"]

@@ -1,4 +1,5 @@
-"""Tests for gan.metrics on real images (skimage camera/astronaut, pydicom CT_small) plus hand-computed cases."""
+"""Tests for gan.metrics on real images (skimage camera/astronaut, pydicom CT_small and its abdomen MR) plus
+hand-computed cases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import dcmread, examples
 from pydicom.data import get_testdata_file
 from scipy import ndimage
 from skimage import data as skdata
@@ -200,6 +201,145 @@ def test_sf_mg_too_small() -> None:
     for fn in (M.spatial_frequency, M.mean_gradient):
         with pytest.raises(ValueError, match="2×2"):
             fn(np.zeros((1, 5)))
+
+
+# --------------------------------------------------------------------------- tissue mask, masked PSNR / SSIM
+
+
+@pytest.fixture(scope="module")
+def ct_hu() -> np.ndarray:
+    ds = dcmread(get_testdata_file("CT_small.dcm", download=False))
+    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)  # neck CT crop, air on top
+
+
+@pytest.fixture(scope="module")
+def mr_abdomen() -> np.ndarray:
+    return examples.overlay.pixel_array.astype(np.float64)  # 300×484 axial abdomen MR, body surrounded by air
+
+
+def _outside_air(air: np.ndarray) -> np.ndarray:
+    """The air pixels connected to the image border (not enclosed by the body)."""
+    labels, _ = ndimage.label(air)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
+
+
+def test_tissue_mask_covers_tissue_not_air_ct(ct_hu: np.ndarray) -> None:
+    mask = M.tissue_mask(ct_hu)
+    assert mask.dtype == np.bool_ and mask.shape == ct_hu.shape
+    assert mask[(ct_hu > -100) & (ct_hu < 200)].all()  # fat, soft tissue, vessels
+    assert mask[ct_hu > 300].all()  # bone
+    outside = _outside_air(ct_hu < -500)
+    assert outside.sum() > 2000  # the crop's air above the neck
+    assert (mask & outside).sum() < 0.1 * outside.sum()
+    assert np.array_equal(M.tissue_mask(ct_hu + 1024), mask) and np.array_equal(M.tissue_mask(ct_hu / 7), mask)
+
+
+def test_tissue_mask_covers_tissue_not_air_mr(mr_abdomen: np.ndarray) -> None:
+    mask = M.tissue_mask(mr_abdomen)
+    for corner in (mask[:20, :20], mask[:20, -20:], mask[-20:, :20], mask[-20:, -20:]):
+        assert not corner.any()
+    assert mask[100:200, 150:330].all()  # liver, kidneys, spine, bowel: dark enclosed structures filled
+    labels, _ = ndimage.label(mask)
+    body = np.bincount(labels.ravel())[1:].max()
+    assert 0.55 < body / mask.size < 0.8  # one body, two thirds of the frame
+    background = _outside_air(mr_abdomen < 0.05 * mr_abdomen.max())
+    assert (mask & background).sum() < 0.05 * background.sum()
+
+
+def test_tissue_mask_edge_cases() -> None:
+    assert not M.tissue_mask(np.full((40, 40), 3.0)).any()  # no contrast, no tissue
+    speck = np.zeros((64, 64))
+    speck[10:13, 10:13] = 1.0  # 9 pixels: smaller than TISSUE_MIN_SIZE
+    speck[30:50, 30:50] = 1.0
+    mask = M.tissue_mask(speck)
+    assert not mask[10:13, 10:13].any() and mask[30:50, 30:50].all() and mask.sum() == 400
+    with pytest.raises(ValueError, match="2-D"):
+        M.tissue_mask(np.zeros((8, 8, 3)))
+
+
+def test_masked_psnr_equals_direct_computation(mr_abdomen: np.ndarray) -> None:
+    noisy = _noisy(mr_abdomen, 20.0)
+    mask = M.tissue_mask(mr_abdomen)
+    mse = float(np.mean((mr_abdomen[mask] - noisy[mask]) ** 2))
+    assert M.psnr(mr_abdomen, noisy, 1123.0, mask=mask) == pytest.approx(10 * math.log10(1123.0**2 / mse), abs=1e-10)
+    everywhere = np.ones(mr_abdomen.shape, bool)
+    assert M.psnr(mr_abdomen, noisy, 1123.0, mask=everywhere) == M.psnr(mr_abdomen, noisy, 1123.0)
+    # noise only inside the body: the masked PSNR sees it at full strength, the whole-frame PSNR diluted by air
+    inside = np.where(mask, noisy, mr_abdomen)
+    assert M.psnr(mr_abdomen, inside, 1123.0, mask=mask) < M.psnr(mr_abdomen, inside, 1123.0) - 1.0
+
+
+def test_masked_ssim_is_the_mean_of_the_ssim_map_over_the_mask(ct_hu: np.ndarray) -> None:
+    degraded = _blur(ct_hu, 1.0)
+    _, full = skm.structural_similarity(
+        ct_hu, degraded, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=2000.0, full=True
+    )
+    mask = M.tissue_mask(ct_hu)
+    expected = full[5:-5, 5:-5][mask[5:-5, 5:-5]].mean()
+    assert M.ssim(ct_hu, degraded, 2000.0, mask=mask) == pytest.approx(expected, abs=1e-4)
+    everywhere = np.ones(ct_hu.shape, bool)
+    assert M.ssim(ct_hu, degraded, 2000.0, mask=everywhere) == M.ssim(ct_hu, degraded, 2000.0)
+
+
+def test_mask_validation(ct_hu: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="boolean"):
+        M.psnr(ct_hu, ct_hu + 1, 2000.0, mask=np.ones(ct_hu.shape))
+    with pytest.raises(ValueError, match="spatial shape"):
+        M.psnr(ct_hu, ct_hu + 1, 2000.0, mask=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="no pixel"):
+        M.psnr(ct_hu, ct_hu + 1, 2000.0, mask=np.zeros(ct_hu.shape, bool))
+    border_only = np.zeros(ct_hu.shape, bool)
+    border_only[:3] = True
+    with pytest.raises(ValueError, match="valid region"):
+        M.ssim(ct_hu, ct_hu + 1, 2000.0, mask=border_only)
+
+
+# --------------------------------------------------------------------------- checkerboard ratio
+
+
+def test_checkerboard_ratio_high_for_a_checkerboard_on_a_real_image(camera: np.ndarray, ct_hu: np.ndarray) -> None:
+    """A faint period-2 pattern modulated by the image — the transposed-conv artefact — added to a real image."""
+    for image, data_range in ((camera, 255.0), (ct_hu, 2000.0)):
+        smooth = _blur(image, 2.0)
+        yy, xx = np.indices(image.shape)
+        for pattern in ((-1.0) ** xx, (-1.0) ** yy, (-1.0) ** (xx + yy)):
+            artefact = 0.005 * data_range * pattern * smooth / smooth.max()  # 0.5 % of the range at most
+            assert M.checkerboard_ratio(image + artefact, image) > 0.5
+    # on top of a real residual (the CT slice's own noise and fine detail, what a smoothing base leaves): a 1 % pattern
+    # lifts the ratio from below white noise (0.016) to several times it
+    smooth = _blur(ct_hu, 2.0)
+    alone = M.checkerboard_ratio(ct_hu, smooth)
+    checker = 0.01 * 2000.0 * (-1.0) ** np.indices(ct_hu.shape)[1] * smooth / smooth.max()
+    assert alone < 0.016 and M.checkerboard_ratio(ct_hu + checker, smooth) > 0.05
+
+
+def test_checkerboard_ratio_low_for_smooth_and_textured_residuals(camera: np.ndarray, ct_hu: np.ndarray) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    for image in (camera, ct_hu):
+        assert M.checkerboard_ratio(_blur(image, 3.0), _blur(image, 1.5)) < 0.01  # smooth residual
+        assert M.checkerboard_ratio(image, _blur(image, 2.0)) < 0.05  # the real image's own fine detail
+        assert M.checkerboard_ratio(image, image) == 0.0
+    # white noise: the neighbourhoods' share of the band's area, 12·w² / (1 − 4·b²)
+    white = np.mean([M.checkerboard_ratio(camera + rng.normal(0, 5, camera.shape), camera) for _ in range(4)])
+    area = 12 * M.CHECKERBOARD_HALF_WIDTH**2 / (1 - 4 * M.CHECKERBOARD_HIGH_BAND**2)
+    assert white == pytest.approx(area, rel=0.15)
+    ramp = np.add.outer(np.arange(64.0), np.arange(64.0))
+    assert M.checkerboard_ratio(ramp, np.zeros((64, 64))) < 1e-3  # a gradient: no high-frequency energy to speak of
+
+
+def test_checkerboard_ratio_scale_invariant_and_validated(camera: np.ndarray) -> None:
+    xx = np.indices(camera.shape)[1]
+    residual = (-1.0) ** xx * _blur(camera, 2.0) + _noisy(np.zeros(camera.shape), 20.0)
+    ratio = M.checkerboard_ratio(camera + residual, camera)
+    assert M.checkerboard_ratio(3 * camera + 3 * residual, 3 * camera) == pytest.approx(ratio, rel=1e-9)
+    assert M.checkerboard_ratio(camera + residual + 7.0, camera) == pytest.approx(ratio, rel=1e-9)  # mean removed
+    with pytest.raises(ValueError, match="2-D"):
+        M.checkerboard_ratio(np.zeros((40, 40, 3)), np.zeros((40, 40, 3)))
+    with pytest.raises(ValueError, match="32"):
+        M.checkerboard_ratio(np.zeros((16, 40)), np.zeros((16, 40)))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        M.checkerboard_ratio(camera, camera[:-2])
 
 
 # --------------------------------------------------------------------------- registry
