@@ -6,10 +6,10 @@ Method, all in one process on identical inputs:
   (``--fast-name``/``--fast-weights``), by default those of the default settings (``InferenceSettings``:
   ``enhancer_for("study")`` and ``enhancer``, both ``enhancer-x2`` until a quality model ships), each with
   its **reference** for the context figures: its blind twin (``--blind-name``/``--fast-blind-name``: a model
-  trained with ``--blind``, fed zero context), or, without one, the same model fed the all-missing (zero)
-  context; ``blind_reference`` / ``fast_blind_reference`` say which (``"blind-twin"`` or ``"zero-context"``).
-  A model named twice is run once.
-* **Data** — the default datasets (``pydicom``, ``mni152``, ``pyradiomics``), CT and MR only. Test pairs come ONLY
+  trained with ``--blind``, fed zero context; by default ``<name>-blind`` where the registry holds one), or,
+  without one, the same model fed the all-missing (zero) context; ``blind_reference`` / ``fast_blind_reference``
+  say which (``"blind-twin"`` or ``"zero-context"``). A model named twice is run once.
+* **Data** — the default datasets (:data:`gan.data.DEFAULT_DATASETS`), CT and MR only. Test pairs come ONLY
   from :data:`gan.data.HELD_OUT_TEST_SUBJECTS` (:func:`gan.data.held_out_test`); the classical pipelines are
   tuned on the ``val`` split of :func:`gan.train.data.training_splits` (the model's own val subjects, never
   test). Slices are normalised as in training and serving (:func:`gan.train.data.prepare_slices`) to [0, 1].
@@ -131,6 +131,8 @@ __all__ = [
 
 DATASETS: tuple[str, ...] = DEFAULT_DATASETS  # every real CT/MR source the project installs (gan.data)
 MODALITIES: tuple[str, ...] = ("CT", "MR")
+#: A model's blind twin is registered as ``<name>`` + this (trained with ``--blind``; never served).
+BLIND_SUFFIX = "-blind"
 CROP = 176  # HR side of the central crop (a multiple of 4 and 16; crop + 2·margin = 192 fits every val slice)
 #: Strength grids, k in h = k·σ̂ (NLM) and sigma_psd = k·σ̂ (BM3D); BM3D takes ~1.5 s per 176² pair on one core.
 GRIDS: dict[str, tuple[float, ...]] = {
@@ -520,6 +522,12 @@ def _load_pair(
     return Enhancer(model, info, blind, blind_info)
 
 
+def blind_twin(weights: str | Path | None, name: str) -> str | None:
+    """The blind twin registered beside ``name`` (``<name>-blind`` with a card under the same root), or None."""
+    twin = name + BLIND_SUFFIX
+    return twin if ((DEFAULT_ROOT if weights is None else Path(weights)) / twin / CARD_FILE).is_file() else None
+
+
 def _identity(
     weights: str | Path | None, name: str, blind_weights: str | Path | None, blind_name: str | None
 ) -> tuple[Path, str, Path | None, str | None]:
@@ -655,6 +663,8 @@ def run(
     started = time.perf_counter()
     served = InferenceSettings()
     name, fast_name = name or served.enhancer_for("study").name, fast_name or served.enhancer.name
+    blind_name = blind_name or blind_twin(blind_weights or weights, name)
+    fast_blind_name = fast_blind_name or blind_twin(fast_blind_weights or fast_weights, fast_name)
     pacs = _load_pair(weights, name, blind_weights, blind_name)  # fail before loading data
     same = _identity(fast_weights, fast_name, fast_blind_weights, fast_blind_name) == _identity(
         weights, name, blind_weights, blind_name
@@ -784,12 +794,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="registry root of --name (default: the shipped gan/weights)")
     parser.add_argument("--name", default=None, help="the model the PACS (study) path serves (default "
                         f"{served.enhancer_for('study').name})")  # fmt: skip
-    parser.add_argument("--blind-name", default=None, help="its blind twin (trained with --blind); default: the "
-                        "model itself with zero context")  # fmt: skip
+    parser.add_argument("--blind-name", default=None, help="its blind twin (trained with --blind); default: "
+                        "<name>-blind where registered, else the model itself with zero context")  # fmt: skip
     parser.add_argument("--blind-weights", default=None, help="registry root of --blind-name (default --weights)")
     parser.add_argument("--fast-weights", default=None, help="registry root of --fast-name (default gan/weights)")
     parser.add_argument("--fast-name", default=None, help=f"the fast model (default {served.enhancer.name})")
-    parser.add_argument("--fast-blind-name", default=None, help="the fast model's blind twin")
+    parser.add_argument("--fast-blind-name", default=None, help="the fast model's blind twin (default as --blind-name)")
     parser.add_argument("--fast-blind-weights", default=None, help="registry root of --fast-blind-name")
     parser.add_argument("--quick", action="store_true", help="4 test / 2 val pairs per subject (under a minute)")
     parser.add_argument("--seed", type=int, default=0)

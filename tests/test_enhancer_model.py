@@ -20,6 +20,7 @@ from gan.models.enhancer import (  # noqa: E402
     HybridDiscriminator,
     MultiScaleBlock,
     NoiseLevelMap,
+    NyquistFilter,
     ResidualAttentionBlock,
 )
 
@@ -35,6 +36,15 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def randomise_gates(model: torch.nn.Module) -> None:
+    """Give every ``"gated"`` α map a non-zero output conv (it starts at zero: α = 1 everywhere)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, AdaptiveModule) and module.conditioning == "gated":
+                torch.nn.init.normal_(module.gate_out.weight, std=1.0)
+                torch.nn.init.normal_(module.gate_out.bias, std=0.5)
+
+
 def check_output_shape(model: ContextEnhancer, in_channels: int, scale: int) -> None:
     """An odd batch of non-square (even-sided) inputs comes out ``scale`` times larger, with or without context."""
     x = torch.rand(3, in_channels, 20, 34)
@@ -48,7 +58,7 @@ def check_output_shape(model: ContextEnhancer, in_channels: int, scale: int) -> 
 
 @pytest.mark.parametrize("scale", [1, 2, 4])
 @pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("upsampler", ["pixelshuffle", "transposed"])
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "transposed", "resize"])
 def test_output_shapes(scale: int, in_channels: int, upsampler: str) -> None:
     model = ContextEnhancer(in_channels=in_channels, scale=scale, upsampler=upsampler).eval()
     check_output_shape(model, in_channels, scale)
@@ -334,6 +344,9 @@ def test_unshuffle_global_residual_base_is_bicubic(scale: int) -> None:
         {"scale": 4, "upsampler": "pixelshuffle", "tail": "direct"},
         {"scale": 2, "upsampler": "transposed", "tail": "direct", "gate_kernel": 1, "noise_input": "map"},
         {"scale": 2, "trunk": "unshuffle", "noise_input": "map"},
+        {"scale": 2, "upsampler": "resize", "tail": "direct", "gate_kernel": 1, "conditioning": "gated"},
+        {"scale": 4, "upsampler": "resize", "conditioning": "gated"},
+        {"scale": 2, "upsampler": "resize", "tail": "direct", "conditioning": "gated", "residual_filter": "nyquist"},
     ],
 )
 def test_onnx_export_and_parity(config: dict, tmp_path: Path) -> None:
@@ -346,6 +359,7 @@ def test_onnx_export_and_parity(config: dict, tmp_path: Path) -> None:
     model = ContextEnhancer(channels=16, n_blocks=2, **config).eval()
     with torch.no_grad():  # a non-trivial residual, so parity tests the learned path, not just the bicubic base
         model.output_layer.weight.mul_(10.0)
+        randomise_gates(model)
     example = (torch.rand(2, 1, 16, 20), torch.rand(2, CONTEXT_SIZE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -476,3 +490,89 @@ def test_pixelshuffle_stages_start_without_a_checkerboard() -> None:
     phases = [residual[i::2, j::2] for i in range(2) for j in range(2)]
     assert residual.abs().max() > 1e-3  # the residual is not trivially zero
     assert all(torch.allclose(p, phases[0], atol=1e-6) for p in phases[1:])
+
+
+def test_gated_alpha_map_formula_and_start() -> None:
+    """``"gated"``: Y = X + α(X, e) ⊙ F(X), α = 2·σ(Conv1×1(SiLU(Conv3×3(X) + e))) per pixel; α ≡ 1 at start."""
+    module = AdaptiveModule(4, "gated")
+    x = torch.randn(2, 4, 9, 7)
+    e = torch.randn(2, module.gate_features.out_channels)
+    assert torch.allclose(module(x, e), x + module.residual(x), atol=1e-6)  # fresh: α = 1, the context has no say
+    randomise_gates(module)
+    features = F.conv2d(x, module.gate_features.weight, module.gate_features.bias, padding=1)
+    hidden = F.silu(features + e[:, :, None, None])
+    alpha = 2 * torch.sigmoid(F.conv2d(hidden, module.gate_out.weight, module.gate_out.bias)).detach()
+    assert alpha.shape == (2, 1, 9, 7) and float(alpha.std()) > 1e-3  # a map: the image decides per pixel
+    assert bool(((alpha > 0) & (alpha < 2)).all())
+    assert torch.allclose(module(x, e), x + alpha * module.residual(x), atol=1e-5)
+    assert not torch.allclose(module(x, e), module(x, -e))  # the context decides too
+
+
+def test_gated_model_context_changes_output_and_none_is_zero_context() -> None:
+    model = ContextEnhancer(conditioning="gated", n_blocks=2).eval()
+    randomise_gates(model)
+    x = torch.rand(2, 1, 16, 16)
+    other = torch.zeros(2, CONTEXT_SIZE)
+    other[:, 6], other[:, 13] = 3.0, 1.0  # motion high, present
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x, torch.zeros(2, CONTEXT_SIZE)))
+        assert (model(x, other) - model(x)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="alphas"):
+        model.alphas(other)  # α is a per-pixel map here, not one value per block
+
+
+def test_resize_upsampler_leaves_no_checkerboard_where_sub_pixel_phases_do() -> None:
+    """Resize-convolution (fixed bicubic ×2, then a conv) cannot make the sub-pixel phases differ: with random
+    weights (three seeds) its residual over bicubic stays under the shipped models' checkerboard bound on a noisy
+    disc, while a PixelShuffle stage whose phases differ (as training moves them from ICNR's equal start) puts
+    nearly all of its high band at the Nyquist points."""
+    from gan.metrics import checkerboard_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    disc = 0.5 + 0.3 * torch.tanh(8 * (0.5 - (xx**2 + 0.7 * yy**2).sqrt()))
+    x = (disc + 0.02 * torch.randn(64, 64, generator=generator))[None, None]
+    ratios: dict[str, list[float]] = {"resize": [], "pixelshuffle": []}
+    for upsampler, seed in [(u, s) for u in ratios for s in (1, 2, 3)]:
+        torch.manual_seed(seed)
+        model = ContextEnhancer(n_blocks=1, upsampler=upsampler, tail="direct", gate_kernel=1).eval()
+        with torch.no_grad():
+            torch.nn.init.normal_(model.output_layer.weight, std=0.05)  # phases no longer equal
+            out, base = model(x)[0, 0], model.base(x)[0, 0]
+        assert float((out - base).abs().max()) > 1e-2  # a real residual
+        ratios[upsampler].append(checkerboard_ratio(out.numpy(), base.numpy()))
+    assert max(ratios["resize"]) < 0.15 < 0.5 < min(ratios["pixelshuffle"]), ratios
+
+
+def test_nyquist_filter_passes_dc_stops_nyquist_and_is_not_learned() -> None:
+    smooth = NyquistFilter(1)
+    assert not list(smooth.parameters()) and not smooth.state_dict()
+    ones = torch.ones(1, 1, 12, 10)
+    assert torch.allclose(smooth(ones), ones, atol=1e-6)  # DC gain 1, edges replicated
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    for pattern in ((-1.0) ** xx, (-1.0) ** yy, (-1.0) ** (xx + yy)):  # the three checkerboards
+        assert smooth(pattern[None, None])[..., 4:-4, 4:-4].abs().max() < 1e-6
+    quarter = torch.cos(torch.pi / 2 * xx)[None, None]  # f = ¼ passes at 0.75
+    assert torch.allclose(smooth(quarter)[..., 4:-4, 4:-4], 0.75 * quarter[..., 4:-4, 4:-4], atol=1e-5)
+
+
+def test_residual_filter_removes_the_checkerboard_of_unequal_phases() -> None:
+    """With ``residual_filter="nyquist"`` even a PixelShuffle stage with unequal phases leaves no checkerboard, and the
+    filter is a configuration change: the same state dict loads with and without it."""
+    from gan.metrics import checkerboard_ratio
+
+    generator = torch.Generator().manual_seed(0)
+    x = (0.5 + 0.02 * torch.randn(64, 64, generator=generator))[None, None]
+    torch.manual_seed(1)
+    plain = ContextEnhancer(n_blocks=1, upsampler="pixelshuffle", tail="direct", gate_kernel=1).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(plain.output_layer.weight, std=0.05)
+    filtered = ContextEnhancer(n_blocks=1, upsampler="pixelshuffle", tail="direct", gate_kernel=1,
+                               residual_filter="nyquist").eval()  # fmt: skip
+    filtered.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        base = plain.base(x)[0, 0].numpy()
+        ratios = [checkerboard_ratio(m(x)[0, 0].numpy(), base) for m in (plain, filtered)]
+    assert ratios[1] < 0.01 < 0.5 < ratios[0], ratios
+    with pytest.raises(ValueError, match="residual_filter"):
+        ContextEnhancer(residual_filter="blur")

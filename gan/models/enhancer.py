@@ -10,7 +10,10 @@ After the residual-attention medical-image enhancement paper, with a few cheap-i
 * :class:`AdaptiveModule` — ``Y = X + α · F(X)`` with ``F`` = multi-scale block + 1×1 projection and ``α``
   produced from the sensor context by :class:`ContextMLP` (``α = 2·σ(·)`` ∈ (0, 2), ONE α PER SAMPLE AND
   PER BLOCK); ``conditioning="film"`` replaces it by ``Y = X + γ ⊙ F(X) + β`` (per channel, ``γ = 1 + Δγ``),
-  ``"none"`` by ``Y = X + F(X)`` (the context is then ignored);
+  ``"none"`` by ``Y = X + F(X)`` (the context is then ignored), and ``"gated"`` by a per-pixel
+  ``α(x, y) = 2·σ(Conv1×1(SiLU(Conv3×3(X) + e)))`` where ``e`` is the context's embedding for the block: the image
+  features and the vitals decide together, so an image that shows no blur can overrule a context that claims it
+  (after SFTGAN's spatial feature transform; local, so tiling stays exact);
 * upsampling late, at the end of the low-resolution trunk: sub-pixel convolution (PixelShuffle, default) or
   the paper's transposed convolution (kernel 4, stride 2: kernel divisible by stride, no checkerboard), one
   ×2 stage per octave, then a 3×3 conv at the output resolution (``tail="conv"``) — or, with
@@ -28,6 +31,9 @@ After the residual-attention medical-image enhancement paper, with a few cheap-i
   7×7 window (local: noise *and* texture) and over the whole image (global) — so that even a one-block trunk, whose
   receptive field is a few pixels, knows how noisy the image is. Derived from the input alone (no vitals): a
   blind model gets it too;
+* ``residual_filter="nyquist"``: a fixed separable 5-tap low-pass (:data:`NYQUIST_TAPS`, no parameters) on the
+  learned residual at the output resolution, zero at Nyquist: whatever the upsampler's phases learn, the residual
+  carries (almost) no period-2 pattern — the checkerboard (:func:`gan.metrics.checkerboard_ratio`);
 * global residual: ``output = bicubic_upsample(input) + learned residual`` (:class:`BicubicUpsample`: PyTorch's
   bicubic as a fixed conv, so the ONNX graph has no slow ``Resize``), NOT clamped (clamping would zero
   the gradient of pixels at 0 or 1; clamp before display or DICOM write — or pass ``clamp=True``).
@@ -50,11 +56,17 @@ from gan.metrics import IMMERKAER_MASK, IMMERKAER_SCALE
 from gan.resampling import PAD, phase_taps
 
 SCALES: tuple[int, ...] = (1, 2, 4)
-UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed")
-CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none")
+UPSAMPLERS: tuple[str, ...] = ("pixelshuffle", "transposed", "resize")
+CONDITIONINGS: tuple[str, ...] = ("alpha", "film", "none", "gated")
+#: Hidden width of the ``"gated"`` α map (context embedding size per block).
+GATE_WIDTH = 8
 TRUNKS: tuple[str, ...] = ("lowres", "unshuffle")
 TAILS: tuple[str, ...] = ("conv", "direct")
 NOISE_INPUTS: tuple[str, ...] = ("none", "map")
+RESIDUAL_FILTERS: tuple[str, ...] = ("none", "nyquist")
+#: Taps of the fixed ``residual_filter="nyquist"`` (separable, sum 1): response (10 + 8·cos 2πf − 2·cos 4πf) / 16,
+#: 1 at DC, 0.75 at f = ¼, 0.05 at f = 0.45 and 0 at Nyquist (cycles per output pixel).
+NYQUIST_TAPS: tuple[float, ...] = (-1 / 16, 4 / 16, 10 / 16, 4 / 16, -1 / 16)
 #: Space-to-depth factor of ``trunk="unshuffle"`` (input H and W must be multiples of it).
 UNSHUFFLE = 2
 
@@ -114,11 +126,12 @@ class MultiScaleBlock(nn.Module):
 
 
 class AdaptiveModule(nn.Module):
-    """``Y = X + α · F(X)`` (``"alpha"``), ``X + γ ⊙ F(X) + β`` (``"film"``) or ``X + F(X)`` (``"none"``).
+    """``Y = X + α · F(X)`` (``"alpha"``), ``X + γ ⊙ F(X) + β`` (``"film"``), ``X + F(X)`` (``"none"``) or
+    ``X + α(X, e) ⊙ F(X)`` with a per-pixel ``α(X, e) = 2·σ(Conv1×1(SiLU(Conv3×3(X) + e)))`` (``"gated"``).
 
     ``F`` is a :class:`MultiScaleBlock` followed by a 1×1 projection. ``modulation`` comes from
-    :class:`ContextMLP`: N×1 (α ≥ 0) for ``"alpha"``, N×2C (Δγ, β; γ = 1 + Δγ) for ``"film"``, ignored
-    (may be None) for ``"none"``.
+    :class:`ContextMLP`: N×1 (α ≥ 0) for ``"alpha"``, N×2C (Δγ, β; γ = 1 + Δγ) for ``"film"``, N×
+    :data:`GATE_WIDTH` (the context embedding ``e``) for ``"gated"``, ignored (may be None) for ``"none"``.
     """
 
     def __init__(self, channels: int, conditioning: str = "alpha") -> None:
@@ -129,6 +142,12 @@ class AdaptiveModule(nn.Module):
         self.conditioning = conditioning
         self.multiscale = MultiScaleBlock(channels)
         self.project = nn.Conv2d(channels, channels, 1)
+        if conditioning == "gated":
+            self.gate_features = nn.Conv2d(channels, GATE_WIDTH, 3, padding=1)
+            self.gate_out = nn.Conv2d(GATE_WIDTH, 1, 1)
+            with torch.no_grad():  # α = 1 everywhere at initialisation, as "alpha" with a zero logit
+                self.gate_out.weight.zero_()
+                self.gate_out.bias.zero_()
 
     def residual(self, x: Tensor) -> Tensor:
         """``F(X)``."""
@@ -142,25 +161,33 @@ class AdaptiveModule(nn.Module):
             raise ValueError(f"conditioning {self.conditioning!r} needs a modulation tensor")
         if self.conditioning == "alpha":
             return x + modulation.reshape(-1, 1, 1, 1) * f
+        if self.conditioning == "gated":
+            return x + self.alpha_map(x, modulation) * f
         gamma = 1.0 + modulation[:, : self.channels, None, None]
         beta = modulation[:, self.channels :, None, None]
         return x + gamma * f + beta
+
+
+    def alpha_map(self, x: Tensor, embedding: Tensor) -> Tensor:
+        """``"gated"``: the per-pixel α (N×1×H×W, in (0, 2)) of features ``x`` under context embedding N×G."""
+        hidden = F.silu(self.gate_features(x) + embedding[:, :, None, None])
+        return 2.0 * torch.sigmoid(self.gate_out(hidden))
 
 
 class ContextMLP(nn.Module):
     """Context vector (N×``context_size``) → per-block modulation: ``Linear → SiLU → Linear``.
 
     ``"alpha"``: N×``n_blocks`` values ``α = 2·σ(logit)`` ∈ (0, 2) (1 when the logit is 0).
-    ``"film"``: N×``n_blocks``×2C raw (Δγ, β) pairs.
+    ``"film"``: N×``n_blocks``×2C raw (Δγ, β) pairs. ``"gated"``: N×``n_blocks``×:data:`GATE_WIDTH` embeddings.
     """
 
     def __init__(self, context_size: int, n_blocks: int, channels: int, conditioning: str, hidden: int = 64) -> None:
         super().__init__()
-        if conditioning not in ("alpha", "film"):
-            raise ValueError(f"ContextMLP serves 'alpha' or 'film' conditioning, got {conditioning!r}")
+        if conditioning not in ("alpha", "film", "gated"):
+            raise ValueError(f"ContextMLP serves 'alpha', 'film' or 'gated' conditioning, got {conditioning!r}")
         self.conditioning = conditioning
         self.n_blocks = n_blocks
-        self.per_block = 1 if conditioning == "alpha" else 2 * channels
+        self.per_block = {"alpha": 1, "film": 2 * channels, "gated": GATE_WIDTH}[conditioning]
         self.hidden = nn.Linear(context_size, hidden)
         self.out = nn.Linear(hidden, n_blocks * self.per_block)
 
@@ -214,6 +241,11 @@ def _upsampler(
             conv = nn.Conv2d(channels, 4 * width, 3, padding=1)
             icnr_(conv)
             stages += [conv, nn.PixelShuffle(2)]
+        elif kind == "resize":
+            # Fixed bicubic ×2 of the features, then a 3×3 conv at the new resolution (resize-convolution): every
+            # output pixel gets the same filter, and an interpolator whose phases each sum to 1 passes nothing at
+            # Nyquist, so no sub-pixel phase can differ from another (no checkerboard by construction).
+            stages += [BicubicUpsample(channels, 2), nn.Conv2d(channels, width, 3, padding=1)]
         else:
             # Output (H−1)·2 − 2p + k = 2H with p = (k − 2)/2; k divisible by the stride avoids checkerboards.
             stages.append(
@@ -247,6 +279,23 @@ class BicubicUpsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (PAD, PAD, PAD, PAD), mode="replicate")
         return F.pixel_shuffle(F.conv2d(x, self.weight.to(x.dtype), groups=self.channels), self.scale)
+
+
+class NyquistFilter(nn.Module):
+    """Fixed separable low-pass with zero response at Nyquist (:data:`NYQUIST_TAPS`), edges replicated, per channel.
+
+    A non-persistent buffer: not learned, not in the state dict."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        taps = torch.tensor(NYQUIST_TAPS)
+        self.register_buffer("weight", torch.outer(taps, taps).expand(channels, 1, -1, -1).clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = len(NYQUIST_TAPS) // 2
+        x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        return F.conv2d(x, self.weight.to(x.dtype), groups=self.channels)
 
 
 class NoiseLevelMap(nn.Module):
@@ -289,7 +338,8 @@ class ContextEnhancer(nn.Module):
             ``"unshuffle"``).
         n_blocks: number of :class:`EnhancerBlock` s (attention + adaptive multi-scale).
         upsampler: ``"pixelshuffle"`` (sub-pixel conv) or ``"transposed"`` (the paper's transposed conv).
-        conditioning: ``"alpha"`` (one α per sample and block), ``"film"`` (per-channel γ, β) or ``"none"``.
+        conditioning: ``"alpha"`` (one α per sample and block), ``"film"`` (per-channel γ, β), ``"gated"`` (a
+            per-pixel α from the block's features and the context) or ``"none"``.
         context_size: length of the context vector.
         context_hidden: hidden width of the context MLP.
         transposed_kernel: kernel of the transposed conv (stride 2), must be even (divisible by the stride).
@@ -304,6 +354,8 @@ class ContextEnhancer(nn.Module):
             ``tail`` conv to ``(2·scale)²·C`` → PixelShuffle(2·scale); needs even H, W; ``upsampler`` must be
             ``"pixelshuffle"``). Only ``head``, ``upsample`` and ``tail`` differ; the blocks are the same.
         noise_input: ``"none"`` or ``"map"`` (:class:`NoiseLevelMap` channels enter the head with the image).
+        residual_filter: ``"none"`` or ``"nyquist"`` (:class:`NyquistFilter` on the residual; fixed, not in the
+            state dict, so adding it to trained weights is a configuration change).
     """
 
     def __init__(
@@ -322,6 +374,7 @@ class ContextEnhancer(nn.Module):
         gate_kernel: int = 3,
         tail: Literal["conv", "direct"] = "conv",
         noise_input: Literal["none", "map"] = "none",
+        residual_filter: Literal["none", "nyquist"] = "none",
     ) -> None:
         super().__init__()
         if trunk not in TRUNKS:
@@ -338,6 +391,8 @@ class ContextEnhancer(nn.Module):
             )
         if noise_input not in NOISE_INPUTS:
             raise ValueError(f"noise_input must be one of {NOISE_INPUTS}, got {noise_input!r}")
+        if residual_filter not in RESIDUAL_FILTERS:
+            raise ValueError(f"residual_filter must be one of {RESIDUAL_FILTERS}, got {residual_filter!r}")
         if gate_kernel not in (1, 3):
             raise ValueError(f"gate_kernel must be 1 or 3, got {gate_kernel!r}")
         if scale not in SCALES:
@@ -361,6 +416,7 @@ class ContextEnhancer(nn.Module):
         self.trunk = trunk
         self.tail_kind = tail
         self.noise_input = noise_input
+        self.residual_filter = residual_filter
 
         # Only the ends differ between the trunks: lowres = Identity | head | blocks | upsample stages | tail;
         # unshuffle = PixelUnshuffle(2) | head | blocks | (no stages) | tail | PixelShuffle(2·scale).
@@ -390,6 +446,7 @@ class ContextEnhancer(nn.Module):
         )
         self.shuffle: nn.Module = nn.PixelShuffle(shuffle) if unshuffle else nn.Identity()
         self.bicubic: nn.Module = BicubicUpsample(in_channels, scale) if scale > 1 else nn.Identity()
+        self.smooth: nn.Module = NyquistFilter(in_channels) if residual_filter == "nyquist" else nn.Identity()
         with torch.no_grad():  # start close to the bicubic baseline
             self.output_layer.weight.mul_(0.1)
             self.output_layer.bias.zero_()
@@ -399,7 +456,7 @@ class ContextEnhancer(nn.Module):
         """The residual path's last learned layer: ``tail``, or with ``tail="direct"`` the last upsampling conv."""
         if self.tail_kind == "conv":
             return self.tail
-        return self.upsample[-2 if self.upsampler_kind == "pixelshuffle" else -1]
+        return self.upsample[-2 if self.upsampler_kind == "pixelshuffle" else -1]  # type: ignore[return-value]
 
     @property
     def size_multiple(self) -> int:
@@ -428,7 +485,8 @@ class ContextEnhancer(nn.Module):
         return context.to(dtype=x.dtype)
 
     def modulation(self, context: Tensor) -> Tensor | None:
-        """The context MLP's output: N×n_blocks α (``"alpha"``), N×n_blocks×2C (``"film"``), None (``"none"``)."""
+        """The context MLP's output: N×n_blocks α (``"alpha"``), N×n_blocks×2C (``"film"``), N×n_blocks×G
+        (``"gated"``), None (``"none"``)."""
         return None if self.context_mlp is None else self.context_mlp(context)
 
     def alphas(self, context: Tensor | None, x: Tensor | None = None) -> Tensor:
@@ -453,7 +511,7 @@ class ContextEnhancer(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, None if mod is None else mod[:, i])
         h = self.trunk_tail(h) + feats
-        out = self.base(x) + self.shuffle(self.tail(self.upsample(h)))
+        out = self.base(x) + self.smooth(self.shuffle(self.tail(self.upsample(h))))
         if self.clamp:
             out = out.clamp(0.0, 1.0)
         return out

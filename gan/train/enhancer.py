@@ -76,13 +76,13 @@ class TrainConfig:
     # EMA of the weights (what is validated and saved)
     ema_decay: float = cli_option(0.999, help="EMA of the weights; 0 = off")
     seed: int = cli_option(0)
-    conditioning: str = cli_option("alpha", choices=("alpha", "film", "none"))
+    conditioning: str = cli_option("alpha", choices=("alpha", "film", "none", "gated"))
     # zero the context (train and val)
     blind: bool = cli_option(False, help="zero the context vector (the no-vitals baseline)")
     channels: int = cli_option(32)
     n_blocks: int = cli_option(4, flag="--blocks")
     # "transposed": the paper's (lowres trunk only)
-    upsampler: str = cli_option("pixelshuffle", choices=("pixelshuffle", "transposed"))
+    upsampler: str = cli_option("pixelshuffle", choices=("pixelshuffle", "transposed", "resize"))
     # "unshuffle": the same blocks at half the LR resolution (about 4.6x fewer FLOPs)
     trunk: str = cli_option("lowres", choices=("lowres", "unshuffle"))
     gate_kernel: int = cli_option(3, choices=(1, 3))  # attention gate conv kernel (1: a per-pixel channel mix)
@@ -93,6 +93,10 @@ class TrainConfig:
         "none", choices=("none", "map"),
         help="'map': local and global noise-level channels estimated from the input enter the head",
     )  # fmt: skip
+    # "nyquist": a fixed low-pass on the residual, zero at Nyquist (gan.models.enhancer.NyquistFilter)
+    residual_filter: str = cli_option(
+        "none", choices=("none", "nyquist"), help="'nyquist': fixed 5-tap low-pass on the residual (no checkerboard)"
+    )
     loss_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))  # --<term>-weight
     perceptual_weight: float = cli_option(0.0)
     feature_network: str = cli_option(
@@ -149,6 +153,7 @@ class TrainConfig:
             "gate_kernel": self.gate_kernel,
             "tail": self.tail,
             "noise_input": self.noise_input,
+            "residual_filter": self.residual_filter,
         }
 
     def learning_rate(self, step: int) -> float:
