@@ -7,15 +7,30 @@ Every subcommand reads the one :class:`~core.settings.Settings` object (``AEGLE_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from aegle.enhance import parse_vitals
 from core import Settings, configure_logging
 from edge import add_arguments as add_edge_arguments
 from gan import TRAINERS
+
+if TYPE_CHECKING:
+    from aegle.stores import VitalsReader
+
+#: ``aegle train FAMILY`` (gan.TRAINERS): one line each for ``aegle train --help``.
+TRAIN_FAMILIES = {
+    "enhancer": "the context-conditioned enhancer (python -m gan.train enhancer)",
+    "classifier": "the SE-CNN classifiers: triage | lesion, or calibrate (python -m gan.train_classifier)",
+    "hybrid-gan": "the hybrid GAN's three stages (python -m gan.train_hybrid)",
+}
 
 
 def _moment(text: str) -> datetime:
@@ -42,12 +57,28 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
-    """Print a patient's sensor context at a time (default: now) from the store."""
-    from core import context_at
-    from server import open_store
+def _open_store(settings: Settings) -> VitalsReader | None:
+    """The configured vitals store, named on stderr; None (after saying why) when it does not exist or answer."""
+    from aegle.stores import StoreMissing, describe, open_existing
 
-    store = open_store(settings.store)
+    try:
+        store = open_existing(settings.store)
+    except StoreMissing as exc:
+        print(f"aegle: {exc}", file=sys.stderr)
+        return None
+    print(f"reading {describe(settings.store)}", file=sys.stderr)
+    return store
+
+
+def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a patient's sensor context at a time (default: now) from the store, with each channel's code, name and
+    unit."""
+    from aegle.stores import CHANNEL_SIGNS
+    from core import CHANNELS, context_at
+
+    store = _open_store(settings)
+    if store is None:
+        return 1
     try:
         ctx = context_at(
             store, args.patient, args.at or datetime.now(UTC), settings.context.window_s,
@@ -55,21 +86,26 @@ def cmd_context(settings: Settings, args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    print(json.dumps(ctx.to_dict(), indent=2))
+    channels = {c: {"code": CHANNEL_SIGNS[c].code, "name": CHANNEL_SIGNS[c].display, "unit": CHANNEL_SIGNS[c].unit}
+                for c in CHANNELS}  # fmt: skip
+    print(json.dumps(ctx.to_dict() | {"channels": channels}, indent=2))
     return 0
 
 
 def cmd_vitals(settings: Settings, args: argparse.Namespace) -> int:
-    """Print a patient's stored vitals between two times as JSON lines."""
-    from core import from_ms, to_ms
-    from server import open_store
+    """Print a patient's stored vitals between two times as JSON lines, each code with its name and unit."""
+    from core import BY_CODE, from_ms, to_ms
 
     end = args.end or datetime.now(UTC)
     start = args.start or end - timedelta(hours=1)
-    store = open_store(settings.store)
+    store = _open_store(settings)
+    if store is None:
+        return 1
     try:
         for s in store.query(args.patient, to_ms(start), to_ms(end)):
+            sign = BY_CODE.get(s.code)
             print(json.dumps({"t": from_ms(s.t_ms).isoformat(), "device_id": s.device_id, "code": s.code,
+                              "name": sign.display if sign else None, "unit": sign.unit if sign else None,
                               "value": s.value}))
     finally:
         store.close()
@@ -87,22 +123,60 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: The program name a trainer's own parser prints (``python -m gan.train enhancer``, ``python -m
+#: gan.train_classifier [calibrate]``, ``python -m gan.train_hybrid``): ``aegle train FAMILY`` shows its own.
+_TRAINER_PROG = re.compile(r"python -m gan\.train(?:_classifier|_hybrid)?(?: enhancer)?")
+
+
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    """Train a model family (``aegle train FAMILY --help`` lists its options), as its ``python -m`` command does."""
+    """Train a model family (``aegle train FAMILY --help`` lists its options), as its ``python -m`` command does.
+
+    With ``-h``/``--help`` the trainer's parser prints its help and exits before any training: the help is shown
+    with this command's name in place of the trainer's ``python -m`` one.
+    """
     from gan import run_trainer
 
-    return run_trainer(args.family, args.options)
+    if not {"-h", "--help"} & set(args.options):
+        return run_trainer(args.family, args.options)
+    help_text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(help_text):
+            status = run_trainer(args.family, args.options)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 0
+    print(_TRAINER_PROG.sub(f"aegle train {args.family}", help_text.getvalue()), end="")
+    return status
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    """One JSON line per configured model (role, settings name and version, the input paths it serves, registry
-    version, sha256); exit 1 if a model some path uses is not servable as configured."""
+    """``list`` (also plain ``aegle models``): one JSON line per configured model (role, settings name and version,
+    the input paths it serves, registry version, sha256); exit 1 if a model some path uses is not servable as
+    configured. ``show NAME``: a registry model's whole card (versions, sha256, metrics, training) and the roles
+    it is served in."""
     from server import registry_report
 
     report = registry_report(settings.inference)
+    if args.action == "show":
+        return _show_model(settings, args.name, report)
     for entry in report:
         print(json.dumps(entry))
     return 0 if all(e["status"] == "ok" for e in report if e["paths"]) else 1
+
+
+def _show_model(settings: Settings, name: str, report: list[dict[str, Any]]) -> int:
+    from gan import CARD_FILE, DEFAULT_ROOT, RegistryError, list_models, load_card
+
+    root = Path(settings.inference.weights_dir or DEFAULT_ROOT)
+    try:
+        card = load_card(root / name / CARD_FILE)
+    except (RegistryError, OSError) as exc:
+        held = ", ".join(c.name for c in list_models(root)) or "nothing"
+        print(f"aegle models show: no model {name!r} in the registry {root} ({exc}); it holds: {held}",
+              file=sys.stderr)
+        return 1
+    served = [{k: e[k] for k in ("role", "version", "paths", "status")} for e in report if e["name"] == name]
+    print(json.dumps(card.model_dump(mode="json") | {"registry": str(root), "served_as": served}, indent=2))
+    return 0
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -195,6 +269,27 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir)
 
 
+def cmd_enhance(settings: Settings, args: argparse.Namespace) -> int:
+    """Enhance DICOM, PNG and NPY files on this machine through the server's study path (no server needed)."""
+    from aegle.enhance import run
+
+    return run(settings, args)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """Probe every configured component as /readyz does; exit 1 when any is down."""
+    from aegle.status import status
+
+    report = status(settings)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(map(len, report["checks"]))
+        for name, check in report["checks"].items():
+            print(f"{name:<{width}}  {'up  ' if check['ok'] else 'DOWN'}  {check['reason']}")
+    return 0 if report["ready"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="aegle", description=__doc__.splitlines()[0])
@@ -228,14 +323,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train a model family on the packaged real images (see docs/training.md)",
-                       add_help=False)
-    p.add_argument("family", choices=sorted(TRAINERS), help="enhancer | classifier (triage|lesion) | hybrid-gan")
-    p.add_argument("options", nargs=argparse.REMAINDER, help="options of python -m <trainer module>")
+                       description="Train a model family; `aegle train FAMILY --help` lists the family's options.")
+    families = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for family in TRAINERS:
+        f = families.add_parser(family, help=TRAIN_FAMILIES.get(family), add_help=False, prefix_chars="\0")
+        f.add_argument("options", nargs=argparse.REMAINDER, help=f"options of `aegle train {family} --help`")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="the served models as the settings name them (with the input paths each serves) "
-                       "and as the registry holds them")
-    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("models", help="the served models (settings next to the registry), or one model's card")
+    actions = p.add_subparsers(dest="action", metavar="{list,show}")
+    actions.add_parser("list", help="the default: one JSON line per served model (settings, paths, registry, sha256)")
+    show = actions.add_parser("show", help="a registry model's card: version, sha256, metrics, training")
+    show.add_argument("name", help="registry name, e.g. enhancer-x2")
+    p.set_defaults(func=cmd_models, action="list")
+
+    p = sub.add_parser("enhance", help="enhance DICOM (files, folders, DICOMDIR), PNG and NPY files here, no server",
+                       description="Enhance DICOM (files, folders, DICOMDIR), PNG and NPY files on this machine, "
+                       "without a server, by the server's rules: derived DICOM series, enhanced PNG/NPY files and "
+                       "before/after PNGs go to DIR.",
+                       epilog="Context: by default each DICOM series' stored vitals at its acquisition time, from the "
+                       "configured store (never created when missing); --vitals gives them; --no-context uses none. "
+                       "Exit status 1 when any file failed. More: docs/cli.md")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="DICOM files, folders (walked recursively), DICOMDIR files, PNG and NPY files")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where the derived DICOM series, enhanced images and before/after PNGs go")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--vitals", type=parse_vitals, default=None, metavar="NAME=VALUE,...",
+                        help="the vitals to condition on instead of the store's: hr (/min), spo2 (%%), "
+                        "temp (Cel), rr (/min), sbp, dbp (mm[Hg]), motion (m/s2)")
+    source.add_argument("--no-context", action="store_true", help="enhance without vitals")
+    source.add_argument("--patient", default=None,
+                        help="PNG and NPY: the patient whose stored vitals condition them (DICOM: the header's)")
+    p.add_argument("--at", type=_moment, default=None, metavar="TIME",
+                   help="PNG and NPY with --patient or --vitals: the time of the context (default now)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_enhance, log_level_default="WARNING")
+
+    p = sub.add_parser("status", help="health of the broker, store, PACS and each model, probed as /readyz does")
+    p.add_argument("--json", action="store_true", help="print /readyz's JSON form")
+    p.set_defaults(func=cmd_status, log_level_default="WARNING")
 
     p = sub.add_parser("export", help="export a model to ONNX with a parity check (or --tensorrt on CUDA machines)")
     p.add_argument("name", help="registry name, e.g. enhancer-x2")
@@ -283,7 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aegle`` console script."""
     args = build_parser().parse_args(argv)
     settings = Settings()
-    configure_logging(args.log_level or settings.log_level)
+    # --log-level, else a level the settings set explicitly, else the command's own (enhance and status keep their
+    # output readable: warnings only), else the settings' default.
+    chosen = settings.log_level if "log_level" in settings.model_fields_set else None
+    configure_logging(args.log_level or chosen or getattr(args, "log_level_default", settings.log_level))
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     return func(settings, args)
 

@@ -13,6 +13,7 @@ from core import lazy_exports
 #: Public name → the module that defines it.
 _EXPORTS: dict[str, str] = {
     "TokenStore": "server.api.tokens",
+    "ImageInputError": "server.api.images", "decode_image": "server.api.images", "encode_image": "server.api.images",
     "InferenceEngine": "server.inference",
     "OnnxBackend": "server.inference.backends", "TensorRTBackend": "server.inference.backends",
     "INPUTS": "server.inference.engine", "registry_report": "server.inference.engine",
@@ -25,4 +26,4 @@ _EXPORTS: dict[str, str] = {
     "MqttResultPublisher": "server.study", "SeriesResult": "server.study", "build_pipeline": "server.study",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {"decode_image": "decode", "encode_image": "encode"})
