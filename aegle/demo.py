@@ -395,9 +395,9 @@ def _report(result: SeriesResult, source: Dataset, workdir: Path, dicomweb: Dico
     for (reason, detail), count in Counter((w.reason, w.detail) for w in result.warnings).items():
         print(f"    warning (×{count}): {reason}: {detail}")
     if result.model_name:
-        strength = "n/a" if result.strength is None else f"{result.strength:.3f}"
-        print(f"    enhanced by {result.model_name} {result.model_version}, ×{result.scale}, strength α = {strength} "
-              "(1 = unconditioned; set by the context)")
+        strength = ("α per pixel, set by the image and the context together" if result.strength is None
+                    else f"strength α = {result.strength:.3f} (1 = unconditioned; set by the context)")
+        print(f"    enhanced by {result.model_name} {result.model_version}, ×{result.scale}, {strength}")
     for (reason, detail), count in Counter((f.reason, f.detail) for f in result.failures).items():
         print(f"    FAILED (×{count}) {reason}: {detail}")
     if not result.derived:

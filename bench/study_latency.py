@@ -182,7 +182,8 @@ def one_study(client: httpx.Client, service: AegleService, pacs: Orthanc, study:
     derived_uid = series.get("derived_series_uid")
     instances = derived_instances(pacs, study_uid, derived_uid) if derived_uid else []
     triage = metric_delta(before, after, "aegle_inference_seconds_sum", model="triage-classifier")
-    enhance = metric_delta(before, after, "aegle_inference_seconds_sum", model="enhancer-x2")
+    model = series.get("model")  # the study path's enhancer (the quality model by default)
+    enhance = metric_delta(before, after, "aegle_inference_seconds_sum", model=model) if model else 0.0
     handler = metric_delta(before, after, "aegle_api_request_seconds_sum", route=STOW_ROUTE, method="POST")
     return {
         "status": answer.status_code,

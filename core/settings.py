@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from core.dicom_chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -134,10 +134,10 @@ class ServedEnhancer(ServedModel):
 
 
 class ServedQualityEnhancer(ServedModel):
-    """The quality enhancer (the study path's operating point); any version until one ships."""
+    """The quality enhancer, the study path's operating point by default."""
 
     name: str = Field(default=DEFAULT_QUALITY_ENHANCER, min_length=1)
-    version: str | None = None
+    version: str | None = "1.0.0"
 
 
 class ServedTriage(ServedModel):
@@ -154,9 +154,9 @@ class InferenceSettings(BaseModel):
     # (named in /readyz and `aegle models`) rather than served silently. AEGLE_INFERENCE__ENHANCER__VERSION=...
     # `enhancer` is the fast operating point (the live path's), `quality_enhancer` the quality one (the PACS path's).
     enhancer: ServedEnhancer = ServedEnhancer()
-    # None until the quality model ships: the quality operating point is then served by `enhancer`. Setting any of
-    # AEGLE_INFERENCE__QUALITY_ENHANCER__NAME / __VERSION serves it (default name enhancer-x2-quality).
-    quality_enhancer: ServedQualityEnhancer | None = None
+    # None: the quality operating point is served by `enhancer` (AEGLE_INFERENCE__STUDY_MODEL=fast does the same
+    # through the path setting). AEGLE_INFERENCE__QUALITY_ENHANCER__NAME / __VERSION choose another model.
+    quality_enhancer: ServedQualityEnhancer | None = ServedQualityEnhancer()
     triage: ServedTriage = ServedTriage()
     # The operating point each input path uses (see EnhancePath). AEGLE_INFERENCE__STUDY_MODEL=fast|quality
     live_model: OperatingPoint = "fast"
@@ -258,6 +258,45 @@ class TransferSettings(BaseModel):
         return self
 
 
+class DashboardSettings(BaseModel):
+    """The browser dashboard ``aegle serve`` mounts at ``/dashboard`` (docs/dashboard.md)."""
+
+    #: Out-of-range limits per context channel, (low, high): a value below low or above high is flagged. Adult
+    #: defaults: the NEWS2 bands that score 2 or more (diastolic pressure, not in NEWS2: common monitor alarm
+    #: limits; motion, not a clinical sign: movement that blurs an image).
+    DEFAULT_LIMITS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "heart_rate": (41.0, 110.0),
+        "spo2": (94.0, None),
+        "temperature": (35.1, 39.0),
+        "respiratory_rate": (9.0, 20.0),
+        "systolic_bp": (101.0, 219.0),
+        "diastolic_bp": (40.0, 110.0),
+        "motion": (None, 2.0),
+    }
+
+    # A login (an API token exchanged for a session cookie) lasts this long; it ends sooner at logout, when its
+    # token is revoked and when the service restarts (sessions are kept in memory).
+    session_lifetime_s: float = Field(default=8 * 3600.0, gt=0)
+    # A channel whose newest sample is older than this is marked stale on the ward view.
+    stale_after_s: float = Field(default=30.0, gt=0)
+    # Limits merged over DEFAULT_LIMITS: a channel not named keeps its default, [null, null] turns its flags off.
+    # AEGLE_DASHBOARD__LIMITS='{"heart_rate": [40, 130]}'
+    limits: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("limits")
+    @classmethod
+    def _merge_limits(
+        cls, value: dict[str, tuple[float | None, float | None]]
+    ) -> dict[str, tuple[float | None, float | None]]:
+        unknown = sorted(set(value) - set(cls.DEFAULT_LIMITS))
+        if unknown:
+            raise ValueError(f"unknown channels {unknown}; channels: {', '.join(cls.DEFAULT_LIMITS)}")
+        for channel, (low, high) in value.items():
+            if low is not None and high is not None and low >= high:
+                raise ValueError(f"{channel}: low {low} must be below high {high}")
+        return cls.DEFAULT_LIMITS | value
+
+
 class Settings(BaseSettings):
     """Every setting of every Aegle process."""
 
@@ -272,6 +311,7 @@ class Settings(BaseSettings):
     pacs: PacsSettings = PacsSettings()
     edge: EdgeSettings = EdgeSettings()
     dicom_transfer: TransferSettings = TransferSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -235,10 +235,10 @@ def test_the_environment_chooses_the_model_of_each_path(
         eng.close()
 
 
-def test_until_a_quality_model_is_set_the_fast_one_serves_the_dicom_paths(
+def test_without_a_quality_model_the_fast_one_serves_the_dicom_paths(
     tmp_path: Path, engine: InferenceEngine, model_root: Path
 ) -> None:
-    """The shipped defaults (quality_enhancer unset): every path uses the fast model and the service is ready."""
+    """quality_enhancer unset (None): every path uses the fast model and the service is ready."""
     eng = InferenceEngine.from_settings(inference_settings(model_root, engine.settings.cache_dir,
                                                            quality_enhancer=None))  # fmt: skip
     try:

@@ -58,7 +58,7 @@ def test_study_latency_every_study_ends_as_a_complete_derived_series_in_orthanc(
     assert out["bench"] == "study_latency" and out["runs"] == 2
     assert out["network"] in ("already in a loopback-only namespace", "re-executed under unshare -n")
     assert out["missing_models"] == {}, out["missing_models"]
-    assert set(out["models"]) == {"enhancer-x2", "triage-classifier"}
+    assert set(out["models"]) == {"enhancer-x2", "enhancer-x2-quality", "triage-classifier"}
     assert out["study"]["slices"] == 20 and out["study"]["matrix"] == [256, 256]
     # Every run: STOW-RS accepted in full, and its derived series, ×2, complete in Orthanc.
     assert out["http_status"] == [200, 200] and out["failures"] == [] and out["warnings"] == []

@@ -24,18 +24,19 @@ def aegle(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
 
 
 def test_models_names_the_served_models_and_what_the_registry_holds(tmp_path: Path) -> None:
-    done = aegle("models")  # the shipped registry with the default settings: no quality model set yet
+    done = aegle("models")  # the shipped registry with the default settings
     assert done.returncode == 0, done.stderr
     report = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(e["role"], e["name"], e["version"], e["paths"], e["status"]) for e in report] == [
-        ("enhancer", "enhancer-x2", "3.1.0", ["live", "study"], "ok"),
+        ("enhancer", "enhancer-x2", "3.1.0", ["live"], "ok"),
+        ("quality_enhancer", "enhancer-x2-quality", "1.0.0", ["study"], "ok"),
         ("triage", "triage-classifier", "0.1.0", ["study", "classify"], "ok"),
     ]
     assert all(len(e["sha256"]) == 64 for e in report)
     other = aegle("models", env={"AEGLE_INFERENCE__ENHANCER__VERSION": "9.0.0",
                                  "AEGLE_INFERENCE__TRIAGE__NAME": "no-such-model"})  # fmt: skip
     assert other.returncode == 1
-    enhancer, triage = (json.loads(line) for line in other.stdout.splitlines())
+    enhancer, _, triage = (json.loads(line) for line in other.stdout.splitlines())
     assert enhancer["status"] == "other-version" and enhancer["registry_version"] == "3.1.0"
     assert triage["status"] == "missing" and "no-such-model" in triage["reason"]
 

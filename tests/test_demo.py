@@ -42,7 +42,7 @@ def test_demo_shows_the_whole_system(tmp_path: Path) -> None:
         for event, (patient, rows) in zip(events, (("enc-0001", 256), ("enc-0002", 32)), strict=True):
             uid = event["derived_series_uid"]
             assert f"derived series {uid}" in out
-            assert event["model"] == "enhancer-x2" and event["scale"] == 2 and event["strength"] is not None
+            assert (event["model"], event["scale"]) == ("enhancer-x2-quality", 2)  # the study path's model
             files = sorted((workdir / "derived" / uid).glob("*.dcm"))
             assert len(files) == event["counts"]["enhanced"]
             for path in files:

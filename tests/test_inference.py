@@ -160,15 +160,18 @@ def test_each_path_uses_its_operating_point_and_the_environment_chooses(
         Settings()
 
 
-def test_until_the_quality_model_ships_the_fast_one_serves_both_paths(
+def test_the_quality_model_serves_the_study_path_unless_unset_or_not_chosen(
     engine: InferenceEngine, model_root: Path
 ) -> None:
-    """The shipped defaults leave ``quality_enhancer`` unset: the study path's quality operating point is then the
-    fast model (loaded once, ready); a quality model in the registry is not loaded while no path uses it."""
+    """The shipped defaults serve the quality model on the study path and the fast one on the live path; with
+    ``quality_enhancer`` unset or ``study_model=fast`` the fast model serves both (loaded once, ready) and a quality
+    model in the registry is not loaded while no path uses it."""
     shipped = InferenceSettings()
-    assert shipped.quality_enhancer is None and shipped.study_model == "quality"
-    assert shipped.enhancer_for("study") == shipped.enhancer_for("live") == shipped.enhancer
-    assert role_paths(shipped)["enhancer"] == ["live", "study"] and role_paths(shipped)["quality_enhancer"] == []
+    assert shipped.quality_enhancer is not None and shipped.study_model == "quality"
+    assert (shipped.enhancer_for("live"), shipped.enhancer_for("study")) == (shipped.enhancer, shipped.quality_enhancer)
+    assert (shipped.enhancer.name, shipped.enhancer.version) == (ENHANCER, "3.1.0")
+    assert (shipped.quality_enhancer.name, shipped.quality_enhancer.version) == (QUALITY, "1.0.0")
+    assert role_paths(shipped)["enhancer"] == ["live"] and role_paths(shipped)["quality_enhancer"] == ["study"]
     cache = engine.settings.cache_dir
     for overrides in ({"quality_enhancer": None}, {"study_model": "fast"}):
         eng = InferenceEngine.from_settings(inference_settings(model_root, cache, **overrides), warm_up=False)

@@ -93,7 +93,7 @@ def test_tiled_enhancement_equals_one_whole_pass(registry: str, model_root: Path
                "unshuffle": save_enhancer(tmp_path / "reg", trunk="unshuffle")}[registry]  # fmt: skip
     whole = InferenceEngine.from_settings(
         InferenceSettings(weights_dir=weights, cache_dir=tmp_path, threads=1, tile_size=1024,
-                          enhancer={"version": None if weights else "3.1.0"}),
+                          **({} if weights is None else {"enhancer": {"version": None}})),
         roles=("enhancer",),
     )
     served = whole.model(ENHANCER)

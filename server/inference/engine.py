@@ -11,7 +11,9 @@ stopping the service.
 
 "Strength": the enhancer's adaptive ``α = 2σ(MLP(context))`` per residual block (1 = the unconditioned
 residual, < 1 softer, > 1 stronger); :class:`EnhanceOutput` reports their mean as ``strength`` and each block's
-value in ``alphas``. Models without α conditioning report ``strength=None``.
+value in ``alphas``. Models without one α per block report ``strength=None``: ``"film"``, ``"none"`` and
+``"gated"`` conditioning (the shipped quality model: α is a per-pixel map that the image's features and the context set
+together, so no single value per block describes it).
 """
 
 from __future__ import annotations
