@@ -200,6 +200,10 @@ def create_app(settings: Settings | None = None, *, engine: InferenceEngine | No
     app.state.aegle = st
     for module in (health, enhance, dicom, synthesize, patients, studies, models, admin):
         app.include_router(module.router)
+    from server.dashboard import RootRedirect, create_dashboard  # it builds on this package: imported once built
+
+    app.mount("/dashboard", create_dashboard(st))  # the browser dashboard (docs/dashboard.md); GET / leads to it
+    app.add_middleware(RootRedirect)
     app.add_middleware(BodyLimit, limit=api.max_upload_bytes)
     app.add_middleware(UnexpectedErrors)  # outside BodyLimit: its refusal is not an error
     app.add_middleware(AccessLog, metrics=st.metrics)  # outermost: sees the 413s and 500s too

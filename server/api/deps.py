@@ -100,9 +100,27 @@ def client_address(request: Request) -> str:
     return f"{request.client.host}:{request.client.port}" if request.client else "unknown"
 
 
+def authorize(request: Request, token: str, roles: tuple[str, ...]) -> Principal:
+    """The principal of ``token`` if it is valid (else 401 ``invalid-token``) and its role is in ``roles`` (else
+    403 ``forbidden-role``); kept as ``request.state.principal``. The one role check of the API's bearer tokens
+    (:func:`require`) and of the dashboard's sessions, which keep the token they were opened with."""
+    principal = state(request).tokens.authenticate(token)
+    if principal is None:
+        raise api_error(
+            401, "invalid-token", "the API token is unknown or revoked",
+            headers={"WWW-Authenticate": 'Bearer realm="aegle", error="invalid_token"'},
+        )  # fmt: skip
+    if principal.role not in roles:
+        raise api_error(
+            403, "forbidden-role", f"role {principal.role!r} may not use this endpoint; it needs one of: "
+            f"{', '.join(roles)}",
+        )  # fmt: skip
+    request.state.principal = principal
+    return principal
+
+
 def require(*roles: str) -> Callable[..., Principal]:
     """Dependency: a valid token (else 401 + ``WWW-Authenticate: Bearer``) whose role is in ``roles`` (else 403)."""
-    allowed = ", ".join(roles)
 
     def check(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -112,18 +130,7 @@ def require(*roles: str) -> Callable[..., Principal]:
                 401, "missing-token", "an API token is required (Authorization: Bearer <token>)",
                 headers={"WWW-Authenticate": 'Bearer realm="aegle"'},
             )  # fmt: skip
-        principal = state(request).tokens.authenticate(credentials.credentials)
-        if principal is None:
-            raise api_error(
-                401, "invalid-token", "the API token is unknown or revoked",
-                headers={"WWW-Authenticate": 'Bearer realm="aegle", error="invalid_token"'},
-            )  # fmt: skip
-        if principal.role not in roles:
-            raise api_error(
-                403, "forbidden-role", f"role {principal.role!r} may not use this endpoint; it needs one of: {allowed}"
-            )
-        request.state.principal = principal
-        return principal
+        return authorize(request, credentials.credentials, roles)
 
     check.roles = roles  # type: ignore[attr-defined]  # read by the docs table and the auth-matrix test
     return check
