@@ -8,16 +8,18 @@
   checked, version compared with the settings, prepared for the backend), with its role and paths.
 
 Every probe gives up after ``settings.api.probe_timeout_s`` seconds. The result has ``/readyz``'s form:
-``{"ready": bool, "checks": {name: {"ok": bool, "reason": str}}}``.
+``{"ready": bool, "checks": {name: {"ok": bool, "reason": str}}}``, plus ``edges``: each edge node's retained status
+on the broker (docs/edge.md), or why it could not be read. Edge nodes do not change ``ready``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from aegle.stores import StoreMissing, describe, open_existing
-from core import Settings, probe
+from core import MqttConnectError, Settings, connect, disconnect, new_client, probe, subscribe, topics
 
 
 def check_broker(settings: Settings) -> tuple[bool, str]:
@@ -75,6 +77,33 @@ def check_models(settings: Settings) -> dict[str, tuple[bool, str]]:
         engine.close()
 
 
+def edge_statuses(settings: Settings, wait_s: float = 0.5) -> list[dict[str, Any]] | str:
+    """Each edge node's retained status (``aegle/v1/+/status/edge/+``), read with the configured account; a
+    sentence saying why not when the broker cannot be reached or refuses the subscription."""
+    found: dict[str, bytes] = {}
+    client = new_client(settings.mqtt, f"aegle-status-edges-{time.monotonic_ns()}")
+    client.on_message = lambda _c, _u, message: found.__setitem__(message.topic, message.payload)
+    try:
+        connect(client, settings.mqtt, settings.api.probe_timeout_s)
+    except MqttConnectError as exc:
+        return f"not read: {exc.reason}"
+    try:
+        [code] = subscribe(client, topics.status_filter("edge"), timeout=settings.api.probe_timeout_s)
+        if code.is_failure:
+            return f"not read: the broker refused the subscription ({code})"
+        time.sleep(wait_s)  # retained messages follow the SUBACK at once
+    finally:
+        disconnect(client)
+    edges = []
+    for topic, payload in sorted(found.items()):
+        site, _, edge_id = topics.parse_status_topic(topic)
+        try:
+            edges.append({"site": site, "edge_id": edge_id} | json.loads(payload))
+        except ValueError:
+            edges.append({"site": site, "edge_id": edge_id, "state": "unreadable status"})
+    return edges
+
+
 def status(settings: Settings) -> dict[str, Any]:
     """Every check, in ``/readyz``'s form; a check that breaks is reported as down with its error."""
     checks: dict[str, tuple[bool, str]] = {}
@@ -87,5 +116,10 @@ def status(settings: Settings) -> dict[str, Any]:
         checks |= check_models(settings)
     except Exception as exc:
         checks["models"] = (False, f"inference engine not started: {type(exc).__name__}: {exc}")
+    try:
+        edges: list[dict[str, Any]] | str = edge_statuses(settings)
+    except Exception as exc:  # like a probe: reported, never fatal
+        edges = f"not read: {type(exc).__name__}: {exc}"
     return {"ready": all(ok for ok, _ in checks.values()),
-            "checks": {name: {"ok": ok, "reason": reason} for name, (ok, reason) in checks.items()}}  # fmt: skip
+            "checks": {name: {"ok": ok, "reason": reason} for name, (ok, reason) in checks.items()},
+            "edges": edges}  # fmt: skip

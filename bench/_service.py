@@ -76,6 +76,7 @@ class AegleService(LocalService):
             "api": {"tokens_path": work / "tokens.sqlite", "audit_path": work / "audit.sqlite",
                     "studies_path": work / "studies.sqlite", "token_secret_file": work / "token-secret"},
             "store": {"backend": "sqlite", "sqlite_path": work / "vitals.sqlite"},
+            "dashboard": {"frames_path": work / "frames"},
             "inference": {k: Path(v).resolve() if k.endswith("_dir") else v for k, v in self.inference.items()},
         }  # fmt: skip
         if self.pacs is not None:

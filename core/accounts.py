@@ -4,11 +4,14 @@ Every MQTT login is an :class:`Account` with a :class:`Role`; :func:`grants` lis
 the filters it may subscribe to, and the broker refuses everything else (PUBACK / SUBACK reason code 0x87).
 
 * device: publishes ``aegle/v1/{its site}/{its id}/vitals``; subscribes to nothing.
-* edge: publishes ``aegle/v1/{its site}/{its id}/dicom/+/+``; subscribes to nothing.
+* edge: publishes ``aegle/v1/{its site}/{its id}/dicom/+/+`` and its own status
+  ``aegle/v1/{its site}/status/edge/{its id}`` (its last will too); subscribes to nothing.
 * ingest: subscribes to the vitals in a share group (``$share/+/aegle/v1/+/+/vitals``: its group is the setting
-  ``ingest.share_group``, ``aegle-ingest`` by default), never without one; publishes dead letters and contexts.
-* server: subscribes to ``aegle/v1/+/+/dicom/+/+``; publishes results and dead letters.
-* dashboard: subscribes to contexts, dead letters and results; publishes nothing.
+  ``ingest.share_group``, ``aegle-ingest`` by default), never without one; publishes dead letters, contexts and
+  ingest statuses (``aegle/v1/+/status/ingest/+``).
+* server: subscribes to ``aegle/v1/+/+/dicom/+/+``, to every status and to dead letters (the operator view);
+  publishes results and dead letters.
+* dashboard: subscribes to contexts, dead letters, results and statuses; publishes nothing.
 * harness (tests and benchmarks only): publishes and subscribes to ``aegle/v1/#``, never to a ``$share`` group.
 * broker-admin: publishes on ``$CONTROL/dynamic-security/v1`` and subscribes to its ``/response`` topic.
 
@@ -123,18 +126,20 @@ def service(username: str) -> Account:
 
 def grants(account: Account) -> Grants:
     """Everything ``account`` may publish and subscribe to; the broker refuses the rest."""
-    deadletters = topics.deadletter_filter()
+    deadletters, statuses = topics.deadletter_filter(), topics.status_filter()
     match account.role:
         case Role.DEVICE:
             return Grants((topics.vitals(str(account.site), account.username),), ())
         case Role.EDGE:
-            return Grants((topics.dicom_filter(str(account.site), account.username),), ())
+            site = str(account.site)
+            return Grants((topics.dicom_filter(site, account.username), topics.edge_status(site, account.username)), ())
         case Role.INGEST:
-            return Grants((deadletters, topics.context_filter()), (topics.shared_vitals_filter(group="+"),))
+            return Grants((deadletters, topics.context_filter(), topics.status_filter("ingest")),
+                          (topics.shared_vitals_filter(group="+"),))  # fmt: skip
         case Role.SERVER:
-            return Grants((topics.results_filter(), deadletters), (topics.dicom_filter(),))
+            return Grants((topics.results_filter(), deadletters), (topics.dicom_filter(), statuses, deadletters))
         case Role.DASHBOARD:
-            return Grants((), (topics.context_filter(), deadletters, topics.results_filter()))
+            return Grants((), (topics.context_filter(), deadletters, topics.results_filter(), statuses))
         case Role.HARNESS:
             return Grants((f"{topics.PREFIX}/#",), (f"{topics.PREFIX}/#",))
         case Role.BROKER_ADMIN:

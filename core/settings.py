@@ -74,6 +74,8 @@ class IngestSettings(BaseModel):
     spool_max_samples: int = 5_000_000
     context_publish_interval_s: float = 1.0
     metrics_port: int | None = None
+    # Seconds between the worker's retained status messages (aegle/v1/{site}/status/ingest/{worker_id}).
+    status_interval_s: float = Field(default=5.0, gt=0)
 
 
 class ContextSettings(BaseModel):
@@ -229,6 +231,8 @@ class EdgeSettings(BaseModel):
     dicom_port: int = Field(default=11112, ge=1, le=65535)
     chunk_size: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1, le=MAX_CHUNK_BYTES)
     window: int = Field(default=32, ge=1, le=65535)
+    # Seconds between the node's retained status messages (aegle/v1/{site}/status/edge/{edge_id}).
+    status_interval_s: float = Field(default=5.0, gt=0)
 
 
 class TransferSettings(BaseModel):
@@ -279,6 +283,10 @@ class DashboardSettings(BaseModel):
     session_lifetime_s: float = Field(default=8 * 3600.0, gt=0)
     # A channel whose newest sample is older than this is marked stale on the ward view.
     stale_after_s: float = Field(default=30.0, gt=0)
+    # The viewer keeps the source and derived frames of the last keep_series enhanced series here (0: none kept;
+    # the viewer then reads the derived series from the PACS).
+    frames_path: Path = Path("var/dashboard-frames")
+    keep_series: int = Field(default=100, ge=0)
     # Limits merged over DEFAULT_LIMITS: a channel not named keeps its default, [null, null] turns its flags off.
     # AEGLE_DASHBOARD__LIMITS='{"heart_rate": [40, 130]}'
     limits: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict, validate_default=True)

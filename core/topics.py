@@ -7,13 +7,17 @@
 ``aegle/v1/{site}/results/{study_uid}``                     enhancement results (server)
 ``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/manifest``  a DICOM instance an edge node forwards (QoS 1)
 ``aegle/v1/{site}/{edge_id}/dicom/{transfer_id}/{index}``   one chunk of it, raw bytes (QoS 1)
+``aegle/v1/{site}/status/edge/{edge_id}``                   an edge node's status (retained)
+``aegle/v1/{site}/status/ingest/{worker_id}``               an ingest worker's status (retained; site ``_all``
+                                                            for a worker of every site)
 ==========================================================  ==============================================
 
 The MQTT username of a device is its device id and that of an edge node its edge id: a device may publish only
 its own vitals topic at its own site, an edge node only its own DICOM topics at its site, and neither may
 subscribe to anything. Who may publish and subscribe to what is :mod:`core.accounts`, from which the broker
 policy is generated. The DICOM transfer contract (manifest, chunks, checksums) is in :mod:`core.dicom_chunks`;
-topics carry no patient data (the transfer id is a random UUID).
+topics carry no patient data (the transfer id is a random UUID). Status topics have six levels, so no vitals,
+context, dead-letter or DICOM topic is ever one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import re
 PREFIX = "aegle/v1"
 INGEST_SHARE_GROUP = "aegle-ingest"
 DICOM_MANIFEST = "manifest"
+#: Kinds of component that publish a retained status.
+STATUS_KINDS = ("edge", "ingest")
+#: The site level of a status published by a component of every site (not a site id: ids start alphanumeric).
+ALL_SITES = "_all"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -89,6 +97,40 @@ def results(site: str, study_uid: str) -> str:
 def results_filter(site: str = "+") -> str:
     """Subscription filter for every result event (of one site or of every site)."""
     return f"{PREFIX}/{site}/results/+"
+
+
+def edge_status(site: str, edge_id: str) -> str:
+    """Retained topic of an edge node's status (queue, counts, online or offline)."""
+    return f"{PREFIX}/{_segment(site, 'site')}/status/edge/{_segment(edge_id, 'edge_id')}"
+
+
+def ingest_status(site: str, worker_id: str) -> str:
+    """Retained topic of an ingest worker's status; ``site`` is the one it serves, or ``+`` for every site."""
+    scope = ALL_SITES if site == "+" else _segment(site, "site")
+    return f"{PREFIX}/{scope}/status/ingest/{_segment(worker_id, 'worker_id')}"
+
+
+def status_filter(kind: str = "+", site: str = "+") -> str:
+    """Subscription filter for the statuses of one kind (``edge``, ``ingest``) or of every kind."""
+    return f"{PREFIX}/{site}/status/{kind}/+"
+
+
+def parse_status_topic(topic: str) -> tuple[str, str, str]:
+    """Return ``(site, kind, id)`` of a status topic (site ``_all`` for every site); ``ValueError`` if not one."""
+    parts = topic.split("/")
+    if len(parts) != 6 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[3] != "status" or parts[4] not in STATUS_KINDS:
+        raise ValueError(f"not a status topic: {topic!r}")
+    if parts[2] != ALL_SITES:
+        _segment(parts[2], "site")
+    return parts[2], parts[4], _segment(parts[5], "id")
+
+
+def parse_deadletter_topic(topic: str) -> tuple[str, str]:
+    """Return ``(site, reason)`` of a dead-letter topic; ``ValueError`` if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[3] != "deadletter" or not parts[4]:
+        raise ValueError(f"not a dead-letter topic: {topic!r}")
+    return parts[2], parts[4]
 
 
 def _transfer_id(value: str) -> str:

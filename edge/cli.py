@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom-port", type=int, default=None)
     parser.add_argument("--chunk-size", type=int, default=None, help="bytes per MQTT chunk")
     parser.add_argument("--window", type=int, default=None, help="chunks awaiting PUBACK at most")
+    parser.add_argument("--status-interval", dest="status_interval_s", type=float, default=None,
+                        help="seconds between the node's retained status messages")
 
 
 def settings_from(args: argparse.Namespace, base: EdgeSettings) -> EdgeSettings:

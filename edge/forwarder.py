@@ -46,6 +46,8 @@ class Forwarder:
         self.mqtt = mqtt
         self.window, self.progress_every, self.retry_s, self.poll_s = window, progress_every, retry_s, poll_s
         self.forwarded = 0
+        self.retried = 0  # forwarding paused and tried again (broker down, a refusal, an unreadable item)
+        self.refused = 0  # transfers the broker refused (0x87 …)
         self.last_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -88,6 +90,9 @@ class Forwarder:
                 self._wake.wait(self.poll_s)
             except (ForwardRefused, MqttConnectError, OSError, ValueError) as exc:  # ValueError: unreadable manifest
                 self.last_error = str(exc)
+                self.retried += 1
+                if isinstance(exc, ForwardRefused):
+                    self.refused += 1
                 log.error("forwarding paused for %.0f s: %s", self.retry_s, exc)
                 self._stop.wait(self.retry_s)
 

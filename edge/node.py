@@ -1,21 +1,26 @@
-"""One edge node process: the C-STORE SCP and the MQTT forwarder sharing one durable outbox."""
+"""One edge node process: the C-STORE SCP and the MQTT forwarder sharing one durable outbox, and the node's
+retained status on the broker (``edge.status``)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
 
-from core import EdgeSettings, MqttSettings
+from core import EdgeSettings, MqttSettings, topics
 from edge.forwarder import Forwarder
 from edge.outbox import Outbox
 from edge.scp import StorageSCP
+from edge.status import SCHEMA, StatusPublisher
 
 log = logging.getLogger("aegle.edge")
 
 
 class EdgeNode:
-    """SCP + forwarder; :meth:`start` runs both in background threads, :meth:`stop` stops both."""
+    """SCP + forwarder + status; :meth:`start` runs them in background threads, :meth:`stop` stops them."""
 
     def __init__(self, edge: EdgeSettings, mqtt: MqttSettings) -> None:
         edge_id = edge.edge_id or mqtt.username
@@ -31,17 +36,44 @@ class EdgeNode:
         self.scp = StorageSCP(
             self.outbox, edge.ae_title, edge.dicom_host, edge.dicom_port, on_stored=self.forwarder.notify
         )
+        self.site, self.edge_id, self.status_interval_s = edge.site, edge_id, edge.status_interval_s
+        self.status_publisher = StatusPublisher(
+            mqtt, f"aegle-edge-{edge_id}-status", topics.edge_status(edge.site, edge_id), edge.status_interval_s,
+            self.status, {"schema": SCHEMA, "site": edge.site, "edge_id": edge_id},
+        )  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        """The node's status now: outbox depth, bytes and oldest item's age by kind of item, counts of the SCP
+        (stored, unusable, out of resources) and of the forwarder (forwarded, retried, refused), its last error
+        and this node's clock."""
+        now_ns = time.time_ns()
+        depth, oldest_ns = self.outbox.depth()
+        error = self.forwarder.last_error
+        return {
+            "schema": SCHEMA, "site": self.site, "edge_id": self.edge_id,
+            "at": datetime.fromtimestamp(now_ns / 1e9, UTC).isoformat().replace("+00:00", "Z"),
+            "interval_s": self.status_interval_s,
+            "queue": {"dicom": {"depth": depth, "bytes": self.outbox.used_bytes,
+                                "oldest_age_s": None if oldest_ns is None else round((now_ns - oldest_ns) / 1e9, 3)}},
+            "counts": {"stored": self.scp.stored, "unusable": self.scp.unusable, "out_of_resources": self.scp.refused,
+                       "forwarded": self.forwarder.forwarded, "retried": self.forwarder.retried,
+                       "refused": self.forwarder.refused},
+            "last_error": None if error is None else error[:300],
+        }  # fmt: skip
 
     def start(self) -> EdgeNode:
-        """Start forwarding what the outbox holds, then accept associations."""
+        """Start forwarding what the outbox holds, then accept associations and publish the status."""
         self.forwarder.start()
         self.scp.start()
+        self.status_publisher.start()
         return self
 
     def stop(self) -> None:
-        """Stop accepting, then stop forwarding (what is left stays in the outbox)."""
+        """Stop accepting, then stop forwarding (what is left stays in the outbox), then publish the final status
+        marked offline."""
         self.scp.stop()
         self.forwarder.stop()
+        self.status_publisher.stop()
 
     def run_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""

@@ -119,5 +119,11 @@ class Outbox:
         with self._lock:
             self.used_bytes -= item.size_on_disk
 
+    def depth(self) -> tuple[int, int | None]:
+        """Instances waiting and the arrival time of the oldest (ns since the epoch, None when empty), from the
+        directory names alone."""
+        names = sorted(path.name for path in self._ready.iterdir())
+        return len(names), int(names[0].split("-", 1)[0]) if names else None
+
     def __len__(self) -> int:
         return sum(1 for _ in self._ready.iterdir())

@@ -40,7 +40,8 @@ _EXPORTS: dict[str, str] = {
     "STAGES": "gan.synthesis", "generate": "gan.synthesis", "load_generators": "gan.synthesis",
     "DEFAULT_DATASETS": "gan.data", "HELD_OUT_TEST_SUBJECTS": "gan.data", "Volume": "gan.data",
     "held_out_test": "gan.data", "load_dataset": "gan.data",
-    "load_pyradiomics": "gan.data", "lossy_syntaxes": "gan.data",
+    "load_pyradiomics": "gan.data", "lossy_syntaxes": "gan.data", "PYRADIOMICS_ARCHIVE": "gan.data",
+    "read_nrrd": "gan.data",
     # Evaluation (benchmarks, training)
     "checkerboard_ratio": "gan.metrics", "mean_gradient": "gan.metrics", "noise_sigma": "gan.metrics",
     "psnr": "gan.metrics", "spatial_frequency": "gan.metrics", "ssim": "gan.metrics", "tissue_mask": "gan.metrics",

@@ -13,6 +13,11 @@ Delivery guarantees:
 * Several workers share the stream through the shared subscription ``$share/<group>/aegle/v1/+/+/vitals``.
 * Acknowledgements are only sent on the connection that received the message (see :mod:`core.mqtt`):
   after a reconnect stale acknowledgements are dropped and the broker's redelivery is written idempotently instead.
+
+Status: every ``ingest.status_interval_s`` the worker publishes a retained status on
+``aegle/v1/{site}/status/ingest/{worker_id}`` (messages received, stored, dead-lettered by reason, messages per
+second over the last minute); at stop the same marked offline, and as last will marked offline with cause
+``connection lost``. Counts and reasons only, never a payload.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +54,8 @@ from core import (
 from server.store import BufferedStore, Spool, SpoolFull, VitalsStore, open_store
 
 log = logging.getLogger("aegle.ingest")
+STATUS_SCHEMA = "aegle.ingest-status/1"
+RATE_WINDOW_S = 60.0  # the status's messages per second are over this window
 
 
 @dataclass(slots=True)
@@ -190,6 +198,10 @@ class IngestWorker(PersistentSubscriber):
         self._done = threading.Event()
         self.failed: BaseException | None = None
         self._last_message = 0.0
+        self.received = 0
+        self.stored = 0  # messages whose samples are durable
+        self.deadlettered: Tally[str] = Tally()  # by reason
+        self._processed: deque[tuple[float, int]] = deque()  # (monotonic time, messages processed) per status
         super().__init__(
             settings.mqtt,
             cfg.worker_id,
@@ -199,6 +211,9 @@ class IngestWorker(PersistentSubscriber):
             receive_maximum=cfg.receive_maximum,
             log=log,
         )
+        self._status_topic = topics.ingest_status(cfg.site, cfg.worker_id)
+        will = {"schema": STATUS_SCHEMA, "worker_id": cfg.worker_id, "state": "offline", "cause": "connection lost"}
+        self.client.will_set(self._status_topic, dumps_compact(will), qos=1, retain=True)
 
     # --- MQTT -------------------------------------------------------------------------------------------------
 
@@ -214,6 +229,7 @@ class IngestWorker(PersistentSubscriber):
 
     def _receive(self, mid: int, topic: str, payload: bytes) -> None:
         self._last_message = time.monotonic()
+        self.received += 1
         self._inbox.append(Received(self._connection, mid, topic, payload))
         # Wake the writer when a batch is full. Only at the crossing: a waiting writer takes nothing, so the inbox
         # grows one by one through it, and once awake the writer empties the inbox before it waits again.
@@ -240,6 +256,9 @@ class IngestWorker(PersistentSubscriber):
         self._wake.set()
         if self._writer is not None:
             self._writer.join(30)
+        offline = self._publish_status("offline")
+        if offline is not None and not broker_confirmed(offline, 5.0):
+            log.warning("the broker did not acknowledge the offline status")
         self._disconnect(end_session)
         self.store.close()
         self.store.store.close()
@@ -288,6 +307,7 @@ class IngestWorker(PersistentSubscriber):
     def _batches(self) -> None:
         cfg = self.settings.ingest
         next_context = time.monotonic() + cfg.context_publish_interval_s
+        next_status = time.monotonic()
         while self._running.is_set() or self._inbox:
             self._wake.wait(cfg.batch_interval_s)
             self._wake.clear()
@@ -299,6 +319,9 @@ class IngestWorker(PersistentSubscriber):
             if time.monotonic() >= next_context or not self._running.is_set():
                 self._publish_contexts()
                 next_context = time.monotonic() + cfg.context_publish_interval_s
+            if time.monotonic() >= next_status and self._running.is_set():
+                self._publish_status("online")
+                next_status = time.monotonic() + cfg.status_interval_s
 
     def _take(self, n: int) -> list[Received]:
         batch = []
@@ -311,6 +334,7 @@ class IngestWorker(PersistentSubscriber):
         now = datetime.now(UTC)
         samples: list[Sample] = []
         letters: list[mqtt.MQTTMessageInfo] = []
+        letter_reasons: list[str] = []
         for item in batch:
             try:
                 site, device_id = topics.parse_vitals_topic(item.topic)
@@ -319,12 +343,16 @@ class IngestWorker(PersistentSubscriber):
                     raise VitalsRejected("topic_mismatch", "site/device_id in the payload differ from the topic")
                 samples.extend(found)
             except (VitalsRejected, ValueError) as exc:
-                letters.append(self._deadletter(item, exc, now))
+                reason = exc.reason if isinstance(exc, VitalsRejected) else "invalid_topic"
+                letters.append(self._deadletter(item, reason, exc, now))
+                letter_reasons.append(reason)
         self._persist(samples)
         letters_safe = all(broker_confirmed(info) for info in letters)
         self._dirty |= self.cache.add(samples)
         if letters_safe:  # otherwise the batch comes again: samples are idempotent, letters at least once
             self._ack(batch)
+            self.stored += len(batch) - len(letters)
+            self.deadlettered.update(letter_reasons)
         self.metrics.messages.labels("accepted").inc(len(batch) - len(letters))
         self.metrics.messages.labels("rejected").inc(len(letters))
         self.metrics.samples.inc(len(samples))
@@ -345,8 +373,7 @@ class IngestWorker(PersistentSubscriber):
                 time.sleep(1.0)
                 self.store.drain(max_batches=5)
 
-    def _deadletter(self, item: Received, exc: Exception, now: datetime) -> mqtt.MQTTMessageInfo:
-        reason = exc.reason if isinstance(exc, VitalsRejected) else "invalid_topic"
+    def _deadletter(self, item: Received, reason: str, exc: Exception, now: datetime) -> mqtt.MQTTMessageInfo:
         detail = exc.detail if isinstance(exc, VitalsRejected) else str(exc)
         parts = item.topic.split("/")
         site = parts[2] if len(parts) > 2 and topics.is_segment(parts[2]) else "unknown"
@@ -365,6 +392,32 @@ class IngestWorker(PersistentSubscriber):
         self.metrics.deadletters.labels(reason).inc()
         log.info("dead-lettered a message: %s", reason)
         return self.client.publish(topics.deadletter(site, reason), dumps_compact(letter), qos=1)
+
+    # --- status -----------------------------------------------------------------------------------------------
+
+    def status(self, state: str = "online") -> dict[str, Any]:
+        """The worker's status: messages received, stored and dead-lettered by reason since it started, and
+        messages processed per second over the last :data:`RATE_WINDOW_S` (from the statuses published in it)."""
+        now, processed = time.monotonic(), self.stored + sum(self.deadlettered.values())
+        window = self._processed
+        window.append((now, processed))
+        while len(window) > 2 and now - window[1][0] >= RATE_WINDOW_S:
+            window.popleft()
+        span = now - window[0][0]
+        return {
+            "schema": STATUS_SCHEMA, "worker_id": self.settings.ingest.worker_id, "state": state,
+            "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "interval_s": self.settings.ingest.status_interval_s,
+            "received": self.received, "stored": self.stored, "deadlettered": dict(self.deadlettered),
+            "rate_per_s": round((processed - window[0][1]) / span, 3) if span > 0 else 0.0,
+            "rate_window_s": round(span, 1), "spool_pending": self.store.pending,
+        }  # fmt: skip
+
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
+        """Publish the status (retained, QoS 1); None while not connected (statuses are not queued)."""
+        if not self.client.is_connected():
+            return None
+        return self.client.publish(self._status_topic, dumps_compact(self.status(state)), qos=1, retain=True)
 
     # --- live context -----------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
 * the study pipeline (:mod:`server.study`), built by ``server.study.build_pipeline`` from the app's inference
   engine, vitals store (the context at acquisition time, ``settings.context``) and PACS (``DicomWebStore`` when
   ``settings.pacs.dicomweb_url`` is set), plus result events to the broker (when ``settings.mqtt.username`` is
-  set: the broker runs with authentication);
+  set: the broker runs with authentication), and then the operator view's MQTT monitor (edge and ingest statuses,
+  dead letters: ``server.dashboard.operator``);
 * with ``settings.dicom_transfer.enabled``: the MQTT DICOM :class:`~server.study.assembly.TransferAssembler`,
   whose instances a :class:`~server.study.collection.SeriesCollector` groups into series;
 * with ``settings.pacs.watch``: the Orthanc watch mode (``server.pacs.watcher_for``).
@@ -33,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from core import Settings, connect_nowait, disconnect, dumps_compact, new_client, topics
 from server.api import create_app
 from server.api.deps import ServiceState
+from server.dashboard.operator import OperatorMonitor, attach
 from server.study import MqttResultPublisher, SeriesCollector, StudyRecord, build_pipeline
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ class AegleService:
         self.collector: SeriesCollector | None = None
         self.assembler: TransferAssembler | None = None
         self.watcher: OrthancWatcher | None = None
+        self.monitor: OperatorMonitor | None = None
         self._mqtt: mqtt.Client | None = None
         app_lifespan = self.app.router.lifespan_context
 
@@ -88,8 +91,10 @@ class AegleService:
         if settings.mqtt.username:
             self._mqtt = _connect(settings, "aegle-results")
             results = MqttResultPublisher(self._mqtt, settings.pacs.results_site)
+            self.monitor = OperatorMonitor(settings).start()  # edge and ingest statuses, dead letters
+            attach(st, self.monitor)
         self.pipeline = st.pipeline = build_pipeline(
-            st.engine, st.vitals, st.pacs, results, settings, StudyRecord(st.metrics, st.studies)
+            st.engine, st.vitals, st.pacs, results, settings, StudyRecord(st.metrics, st.studies, st.frames)
         )
         try:
             if settings.dicom_transfer.enabled:
@@ -125,6 +130,10 @@ class AegleService:
         if self._mqtt is not None:
             disconnect(self._mqtt)
             self._mqtt = None
+        if self.monitor is not None:
+            attach(self.state, None)
+            self.monitor.stop()
+            self.monitor = None
 
     def serve(self) -> None:
         """Run with uvicorn on ``settings.api.host:port`` until SIGTERM/SIGINT."""

@@ -25,6 +25,7 @@ from core.settings import (
     DEFAULT_ENHANCER,
     DEFAULT_QUALITY_ENHANCER,
     ApiSettings,
+    DashboardSettings,
     InferenceSettings,
     MqttSettings,
     Settings,
@@ -83,6 +84,7 @@ def service_settings(tmp_path: Path, **api: Any) -> Settings:
         ),
         store=StoreSettings(backend="sqlite", sqlite_path=tmp_path / "vitals.sqlite"),
         mqtt=MqttSettings(host="127.0.0.1", port=free_port()),
+        dashboard=DashboardSettings(frames_path=tmp_path / "frames"),
     )  # fmt: skip
 
 

@@ -141,4 +141,5 @@ def test_status_probes_every_component(broker: Mosquitto, orthanc: Orthanc, mode
     assert "DOWN" in lines["pacs"]
     assert "DOWN" in lines["model triage-classifier"] and "9.9.9" in lines["model triage-classifier"]
     assert " up " in lines["model enhancer-x2"]
+    assert "edge nodes: not read" in down.stdout  # the broker refused the login
     assert not (tmp_path / "absent.sqlite").exists()

@@ -95,24 +95,25 @@ def test_login_sets_an_httponly_samesite_strict_session_cookie_and_never_echoes_
     assert "Path=/dashboard" in cookie and "Max-Age=28800" in cookie
     assert dash.tokens["clinician"] not in cookie and dash.tokens["clinician"] not in r.text
     info = dash.client.get("/dashboard/api/session").json()
-    assert info["name"] == "clinician-1" and info["role"] == "clinician" and info["views"] == ["ward"]
+    assert info["name"] == "clinician-1" and info["role"] == "clinician" and info["views"] == ["ward", "studies"]
     assert len(info["csrf"]) >= 32 and dash.tokens["clinician"] not in json.dumps(info)
     # The cookie is the dashboard's only: the API still wants a bearer token.
     assert dash.client.get("/api/v1/models").status_code == 401
 
 
 @pytest.mark.parametrize(("role", "allowed"), [
-    ("clinician", {"ward"}), ("operator", {"operator"}), ("admin", {"operator"}),
+    ("clinician", {"ward", "studies"}), ("operator", {"operator", "studies"}), ("admin", {"operator"}),
 ])  # fmt: skip
 def test_each_view_takes_exactly_the_roles_of_the_api_routes_it_shows(dash: Dash, role: str, allowed: set[str]) -> None:
     assert dash.login(role).status_code == 303
-    for view, stream in (("ward", "/dashboard/api/ward/events"), ("operator", "/dashboard/api/operator/events")):
+    for view, stream in (("ward", "/dashboard/api/ward/events"), ("operator", "/dashboard/api/operator/events"),
+                         ("studies", "/dashboard/api/studies")):
         page = dash.client.get(f"/dashboard/{view}", follow_redirects=False)
         if view in allowed:
             assert page.status_code == 200 and f"{view}.js" in page.text, (role, view)
             continue
         assert page.status_code == 403 and "Not allowed" in page.text, (role, view)
-        needed = ("clinician",) if view == "ward" else ("operator", "admin")
+        needed = {"ward": ("clinician",), "operator": ("operator", "admin"), "studies": ("clinician", "operator")}[view]
         assert f"needs one of: {', '.join(needed)}" in page.text
         # The streams refuse the same way (JSON, as the API answers): they never start for a wrong role.
         refused = dash.client.get(stream)
@@ -329,7 +330,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Sta
             settings.inference = engine.settings
             settings.mqtt = broker.mqtt_settings("aegle-server")
             settings.pacs = PacsSettings(dicomweb_url=f"http://127.0.0.1:{free_port()}/dicom-web")  # nobody there
-            settings.dashboard = DashboardSettings(stale_after_s=4)
+            settings.dashboard = DashboardSettings(stale_after_s=4, frames_path=workdir / "frames")
             service = AegleService(settings, engine=engine)
             tokens = {role: service.state.tokens.create(f"{role}-ui", role) for role in ROLES}
             with LiveServer(service.app) as live:

@@ -26,7 +26,7 @@ from server.api.routes import admin, dicom, enhance, health, models, patients, s
 from server.api.studylog import StudyLog
 from server.api.tokens import TokenStore
 from server.inference import ImageTooLarge, InferenceEngine, ModelMissing, QueueFull
-from server.study import StudyRecord, build_pipeline
+from server.study import SeriesFrames, StudyRecord, build_pipeline
 
 log = logging.getLogger("aegle.api")
 
@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None, *, engine: InferenceEngine | No
     st = ServiceState(
         settings=settings, engine=engine, tokens=TokenStore.from_settings(api), audit=AuditLog(api.audit_path),
         studies=StudyLog(api.studies_path), pacs=pacs,
+        frames=SeriesFrames(settings.dashboard.frames_path, settings.dashboard.keep_series),
     )  # fmt: skip
     owns_engine = engine is None
 
@@ -176,7 +177,7 @@ def create_app(settings: Settings | None = None, *, engine: InferenceEngine | No
                 st.engine_error = f"{type(exc).__name__}: {exc}"
                 log.error("inference engine failed to start: %s", st.engine_error)
         if st.engine is not None:
-            record = StudyRecord(st.metrics, st.studies)
+            record = StudyRecord(st.metrics, st.studies, st.frames)
             st.pipeline = build_pipeline(st.engine, st.vitals, st.pacs, None, settings, record)
         try:
             yield

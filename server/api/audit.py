@@ -82,8 +82,10 @@ class AuditLog:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 1000,
+        newest_first: bool = False,
     ) -> list[AuditEntry]:
-        """Entries matching every given filter (``action`` may end in ``*`` for a prefix), oldest first."""
+        """Entries matching every given filter (``action`` may end in ``*`` for a prefix), oldest first (or the
+        newest ``limit``, newest first)."""
         where, params = [], []
         for column, value in (("actor", actor), ("resource", resource)):
             if value is not None:
@@ -106,7 +108,7 @@ class AuditLog:
         sql = "SELECT id, at, actor, role, action, resource, client, detail FROM audit"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id LIMIT ?"
+        sql += f" ORDER BY id{' DESC' if newest_first else ''} LIMIT ?"
         params.append(limit)
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()

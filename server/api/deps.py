@@ -23,7 +23,9 @@ from server.study import VitalsContext
 
 if TYPE_CHECKING:
     from core import SensorContext
+    from server.dashboard.operator import OperatorMonitor
     from server.study import StudyPipeline
+    from server.study.frames import SeriesFrames
 
 _bearer = HTTPBearer(auto_error=False, description="API token (`aegle token create --role ROLE --name NAME`)")
 
@@ -67,6 +69,8 @@ class ServiceState:
     store: VitalsStore | None = None
     pipeline: StudyPipeline | None = None  # built at start-up (server.study.build_pipeline)
     pacs: Any = None  # server.pacs.DicomWebStore
+    frames: SeriesFrames | None = None  # the viewer's copy of enhanced series (server.study.frames)
+    operator_monitor: OperatorMonitor | None = None  # edge, ingest and dead-letter statuses (server.dashboard)
     gan_generators: Any = None  # hybrid-GAN stages, loaded on the first synthesis
     engine_error: str | None = None
 

@@ -16,10 +16,10 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,12 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server.api.deps import ServiceState, api_error, authorize, client_address
 from server.api.routes import health, models, patients, studies
 from server.api.tokens import ROLES
+from server.dashboard import operator
 from server.dashboard.sessions import COOKIE, Session, SessionStore
+from server.dashboard.studies import NOTICE, StudyBrowser
 from server.dashboard.ward import WardFeed
 
 PREFIX = "/dashboard"
 #: Each view and the roles that may open it: those of the API routes whose data it shows.
-VIEWS: dict[str, tuple[str, ...]] = {"ward": patients.PATIENT_ROLES, "operator": health.METRICS_ROLES}
+VIEWS: dict[str, tuple[str, ...]] = {
+    "ward": patients.PATIENT_ROLES, "operator": health.METRICS_ROLES, "studies": studies.STUDY_ROLES,
+}
 #: Roles that may log in: those with at least one view (a device token is refused).
 LOGIN_ROLES = tuple(r for r in ROLES if any(r in roles for roles in VIEWS.values()))
 STREAM_S = 25.0  # a stream ends after this (the browser reconnects at once): shutdown never waits longer
@@ -94,6 +98,16 @@ def same_origin(request: Request) -> bool:
     return parts.scheme == request.url.scheme and parts.netloc == request.headers.get("host")
 
 
+def pacs_answer(read: Callable[..., Any], *args: Any) -> Any:
+    """``read(*args)``; a PACS failure becomes 502 ``pacs-unavailable`` with its reason."""
+    from server.pacs import PacsError
+
+    try:
+        return read(*args)
+    except PacsError as exc:
+        raise api_error(502, "pacs-unavailable", f"the PACS could not be read: {exc}") from exc
+
+
 def sse(event: dict[str, Any]) -> str:
     """One Server-Sent Event carrying ``event`` as JSON."""
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
@@ -105,6 +119,7 @@ def create_dashboard(st: ServiceState) -> FastAPI:
     app.state.aegle = st
     sessions = SessionStore(st.settings.dashboard.session_lifetime_s)
     feed = WardFeed(st.vitals, st.settings)
+    browser = StudyBrowser(st)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(SecurityHeaders)
 
@@ -197,6 +212,54 @@ def create_dashboard(st: ServiceState) -> FastAPI:
     def operator_page(_: Annotated[Session, Depends(session_of(VIEWS["operator"]))]) -> HTMLResponse:
         return page("operator.html")
 
+    @app.get("/studies", include_in_schema=False)
+    def studies_page(_: Annotated[Session, Depends(session_of(VIEWS["studies"]))]) -> HTMLResponse:
+        return page("studies.html")
+
+    @app.get("/viewer", include_in_schema=False)
+    def viewer_page(_: Annotated[Session, Depends(session_of(VIEWS["studies"]))]) -> HTMLResponse:
+        return page("viewer.html")
+
+    def audit_once(request: Request, session: Session, action: str, resource: str) -> None:
+        """Audit ``action`` on ``resource`` the first time this session is shown it (as the API audits a read)."""
+        if f"{action} {resource}" not in session.shown:
+            audit(request, session, action, resource)
+            session.shown.add(f"{action} {resource}")
+
+    @app.get("/api/studies", include_in_schema=False)
+    def study_list(
+        request: Request, session: Annotated[Session, Depends(session_of(VIEWS["studies"]))]
+    ) -> dict[str, Any]:
+        audit_once(request, session, "study.list", "study:*")
+        return {"results": browser.rows(), "notice": NOTICE}
+
+    def viewed(request: Request, session: Session, study_uid: str) -> None:
+        audit_once(request, session, "study.read", f"study:{study_uid}")
+
+    @app.get("/api/studies/{study_uid}/series/{derived_uid}", include_in_schema=False)
+    def series_info(
+        study_uid: str, derived_uid: str, request: Request,
+        session: Annotated[Session, Depends(session_of(VIEWS["studies"]))],
+    ) -> dict[str, Any]:  # fmt: skip
+        viewed(request, session, study_uid)
+        info = pacs_answer(browser.info, study_uid, derived_uid)
+        if info is None:
+            raise api_error(404, "unknown-series", "no enhanced series with these UIDs")
+        return info
+
+    @app.get("/api/studies/{study_uid}/series/{derived_uid}/frames/{index}", include_in_schema=False)
+    def series_frame(
+        study_uid: str, derived_uid: str, index: int, request: Request,
+        session: Annotated[Session, Depends(session_of(VIEWS["studies"]))],
+        which: Annotated[Literal["before", "after"], Query()] = "after",
+    ) -> Response:  # fmt: skip
+        viewed(request, session, study_uid)
+        frame = pacs_answer(browser.frame, study_uid, derived_uid, which, index)
+        if frame is None:
+            raise api_error(404, "no-frame", f"no {which} frame {index} for this series")
+        return Response(frame.astype("<f4").tobytes(), media_type="application/octet-stream",
+                        headers={"X-Rows": str(frame.shape[0]), "X-Columns": str(frame.shape[1])})  # fmt: skip
+
     @app.get("/api/session", include_in_schema=False)
     def session_info(session: Annotated[Session, Depends(session_of(LOGIN_ROLES))]) -> dict[str, Any]:
         return {"name": session.name, "role": session.role, "csrf": session.csrf, "expires_at": session.expires_at,
@@ -257,13 +320,18 @@ def create_dashboard(st: ServiceState) -> FastAPI:
         if session.role in studies.STUDY_ROLES and "study:*" not in session.shown:
             await asyncio.to_thread(audit, request, session, "study.list", "study:*")
             session.shown.add("study:*")
+        if session.role in operator.AUDIT_ROLES and "audit" not in session.shown:  # as GET /api/v1/admin/audit
+            await asyncio.to_thread(audit, request, session, "audit.read", "audit", "operator view")
+            session.shown.add("audit")
         while True:
             yield await operator_status(request, session)
             await asyncio.sleep(OPERATOR_INTERVAL_S)
 
     async def operator_status(request: Request, session: Session) -> dict[str, Any]:
-        """The readiness checks of ``/readyz`` (the same probes), the served models, series counts and, for the
-        roles that may list studies (``GET /api/v1/studies``), the recent series that failed."""
+        """The readiness checks of ``/readyz`` (the same probes), the served models, series counts, edge nodes,
+        ingest rate and dead letters (``server.dashboard.operator``), for the roles that may list studies
+        (``GET /api/v1/studies``) the recent series that failed, and for those that may read the audit log
+        (``GET /api/v1/admin/audit``) its newest entries."""
         ready = json.loads(bytes((await health.readyz(request)).body))
         served = models.list_models(request, None)  # type: ignore[arg-type]  # the role was checked by the stream
         failures = None
@@ -272,15 +340,20 @@ def create_dashboard(st: ServiceState) -> FastAPI:
             failures = [r for r in results if r["result"].get("status") not in ("ok", "skipped")][:RECENT_FAILURES]
         queue_depth = None if st.engine is None else st.engine.metrics.registry.get_sample_value(
             "aegle_inference_queue_depth")  # fmt: skip
+        entries = None
+        if session.role in operator.AUDIT_ROLES:
+            entries = [e.to_dict() for e in await asyncio.to_thread(
+                st.audit.query, limit=operator.RECENT_AUDIT, newest_first=True)]  # fmt: skip
+        now_ms = int(time.time() * 1000)
         return {
-            "type": "operator", "now_ms": int(time.time() * 1000), "ready": ready["ready"], "checks": ready["checks"],
+            "type": "operator", "now_ms": now_ms, "ready": ready["ready"], "checks": ready["checks"],
             "models": served, "queue_depth": queue_depth,
             "series": {o: st.metrics.value("aegle_series_total", outcome=o) for o in ("processed", "failed")},
             "failures": None if failures is None else [
                 {"at": r["at"], "study_uid": r["study_uid"], "series_uid": r["source_series_uid"],
                  "status": r["result"].get("status"),
                  "reasons": sorted({f["reason"] for f in r["result"].get("failures", [])})} for r in failures],
-            "ward_feed_error": feed.error,
+            "ward_feed_error": feed.error, **operator.view(st, now_ms), "audit": entries,
         }  # fmt: skip
 
     @app.get("/api/operator/events", include_in_schema=False)

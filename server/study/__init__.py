@@ -15,7 +15,7 @@
 7. derived series — ``derived``: the new DICOM series with provenance (:func:`derived_series`).
 8. PACS — ``storage``: the derived series stored, retried while the PACS is unavailable (:class:`PacsStore`).
 9. result — ``results``: :class:`SeriesResult` → the result event (:class:`ResultPublisher`) and the study log
-   and metrics (:class:`StudyRecord`).
+   and metrics (:class:`StudyRecord`), and the frames the dashboard's viewer shows (:class:`SeriesFrames`).
 
 ``pipeline`` runs steps 3–9 for one series (:class:`StudyPipeline`); ``wiring`` builds it from explicit parts —
 engine, vitals store, PACS, result publisher, settings (:func:`build_pipeline`); ``retry`` is the bounded backoff
@@ -59,6 +59,8 @@ _EXPORTS: dict[str, str] = {
     "ResultPublisher": "server.study.results",
     "MqttResultPublisher": "server.study.results",
     "StudyRecord": "server.study.results",
+    "SeriesFrames": "server.study.frames",
+    "SeriesView": "server.study.frames",
     "StudyPipeline": "server.study.pipeline",
     "build_pipeline": "server.study.wiring",
 }

@@ -156,6 +156,7 @@ class StudyPipeline:
                 model_name=result.model_name or "", model_version=result.model_version or "",
                 context=result.context, description=DESCRIPTION, strength=result.strength,
             )
+            result.sources = list(sources)
         except Exception as exc:
             result.failures.append(Failure(None, "derive-failed", detail(exc)))
 

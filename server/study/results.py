@@ -57,6 +57,7 @@ class SeriesResult:
     series_uid: str | None = None
     received: int = 0
     derived: list[Dataset] = field(default_factory=list)
+    sources: list[Dataset] = field(default_factory=list)  # the instances derived[i] was made from, in that order
     stored: bool = False
     skipped: list[str] = field(default_factory=list)  # SOP instance UIDs Aegle itself produced
     failures: list[Failure] = field(default_factory=list)  # instances (or the series) not enhanced and stored
@@ -103,7 +104,8 @@ class SeriesResult:
             "strength": self.strength,
             "scale": self.scale,
             "context": None if self.context is None else self.context.to_dict(patient=False, vector=vector),
-            "triage": {uid: {"enhance": t.enhance, "degradations": list(t.degradations), "reason": t.reason}
+            "triage": {uid: {"enhance": t.enhance, "degradations": list(t.degradations), "reason": t.reason,
+                             "probabilities": {k: round(float(v), 4) for k, v in t.probabilities.items()}}
                        for uid, t in self.triage.items()},
             "failures": [f.to_dict() for f in self.failures],
             "warnings": [f.to_dict() for f in self.warnings],
@@ -154,13 +156,21 @@ class SeriesCounters(Protocol):
     instances: Counter
 
 
-class StudyRecord:
-    """Counts every series and its instances on ``/metrics`` and keeps its :meth:`SeriesResult.summary` in the
-    study log, whichever input path it came by (the pipeline calls it once per series)."""
+class FrameKeeper(Protocol):
+    """Keeps a stored series' frames for the dashboard's viewer (``server.study.frames.SeriesFrames``)."""
 
-    def __init__(self, counters: SeriesCounters, log: ResultLog) -> None:
+    def keep_result(self, result: SeriesResult) -> None: ...
+
+
+class StudyRecord:
+    """Counts every series and its instances on ``/metrics``, keeps its :meth:`SeriesResult.summary` in the
+    study log and (with ``frames``) its frames for the viewer, whichever input path it came by (the pipeline calls
+    it once per series)."""
+
+    def __init__(self, counters: SeriesCounters, log: ResultLog, frames: FrameKeeper | None = None) -> None:
         self.counters = counters
         self.log = log
+        self.frames = frames
 
     def __call__(self, result: SeriesResult) -> None:
         outcome = "processed" if result.stored else "failed"
@@ -169,3 +179,5 @@ class StudyRecord:
         self.counters.instances.labels(outcome="failed").inc(len({f.sop_instance_uid for f in result.failures}))
         if result.study_uid is not None:
             self.log.record(result.study_uid, result.series_uid or "", outcome, result.summary())
+        if self.frames is not None:
+            self.frames.keep_result(result)
