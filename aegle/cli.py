@@ -266,7 +266,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """End-to-end demo on embedded defaults."""
     from aegle.demo import run_demo
 
-    return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir)
+    return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir, keep=args.keep)
 
 
 def cmd_enhance(settings: Settings, args: argparse.Namespace) -> int:
@@ -287,6 +287,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         width = max(map(len, report["checks"]))
         for name, check in report["checks"].items():
             print(f"{name:<{width}}  {'up  ' if check['ok'] else 'DOWN'}  {check['reason']}")
+        edges = report["edges"]
+        if isinstance(edges, str):
+            print(f"edge nodes: {edges}")
+        for edge in edges if isinstance(edges, list) else []:
+            dicom = edge.get("queue", {}).get("dicom", {})
+            age = dicom.get("oldest_age_s")
+            print(f"edge {edge['site']}/{edge['edge_id']}: {edge.get('state', '?')}, {dicom.get('depth', '?')} "
+                  f"instance(s) queued" + ("" if age is None else f", oldest {age:.0f} s"))
     return 0 if report["ready"] else 1
 
 
@@ -299,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo on embedded defaults")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of simulated monitoring (default 30)")
     p.add_argument("--patients", type=int, default=6)
-    p.add_argument("--workdir", default="var/demo", help="where the demo keeps its broker and store files")
+    p.add_argument("--workdir", default="var/demo", help="where the demo keeps its files, report and log")
+    p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ingest", help="run an ingest worker (MQTT → store → live context)")

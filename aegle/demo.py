@@ -1,116 +1,133 @@
-"""``aegle demo``: the whole system on embedded defaults, shown live in the terminal (docs/demo.md).
+"""``aegle demo``: the whole system on one machine, on loopback, with real components (docs/demo.md).
 
-1. Vitals: a real Mosquitto (authentication and ACL on, one login per simulated device), an ingest worker writing
-   to SQLite, and a ward of simulated devices with the faults real ones have (late, duplicated and invalid
-   messages, dropouts). A viewer subscribed to the retained context topics prints every patient's live context.
-2. Imaging: two real studies from the packaged test data (a CT and a multi-slice MR) are copied, assigned to two
-   simulated patients with acquisition times inside the monitoring window, and run through the real
-   :class:`~server.study.pipeline.StudyPipeline` with the shipped models: context at acquisition time from the store,
-   triage, enhancement, derived series. The derived series are written to ``<workdir>/derived/`` and checked
-   with ``dciodvfy``; inside a loopback-only network namespace (``scripts/demo``) they are also stored into a
-   real Orthanc over DICOMweb. Result events go out on the demo's broker and the viewer prints them.
-3. What was shown, and what to do next.
+1. Vitals: a real Mosquitto (authentication and per-device ACL), the real ingest worker writing to SQLite, and a
+   ward of simulated devices with the faults real ones have. The shipped models load meanwhile.
+2. Imaging: the real service (:class:`server.service.AegleService` under uvicorn, MQTT DICOM path on, result
+   events on) with a real Orthanc (DICOMweb) as its PACS when the process runs in a loopback-only network
+   namespace. Two real-size series built from the pyradiomics volumes (:mod:`aegle.demo_studies`) arrive: a CT by
+   C-STORE to a real edge node (:class:`edge.node.EdgeNode`, forwarded over MQTT), an MR by DICOMweb STOW-RS. The
+   service triages and enhances each with its patient's context at acquisition time and stores the derived series.
+3. Report: the derived series fetched back from Orthanc (WADO-RS), written to disk and checked with dciodvfy;
+   before/after PNGs; ``report.html`` (self-contained) and ``summary.json``; every log line goes to ``demo.log``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import shutil
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydicom
-from pydicom import uid
 from pydicom.dataset import Dataset
 
+from aegle.demo_report import NOTICE, chart_series, render_html, vitals_svg
+from aegle.demo_studies import STUDIES, DemoStudy, build_series
 from aegle.localservices import (
     LOOPBACK,
     ORTHANC_DICOMWEB_PLUGIN,
     Mosquitto,
     Orthanc,
+    free_port,
     loopback_only_network,
     network_interfaces,
     require,
 )
 from core import (
+    ApiSettings,
     ContextSettings,
+    DashboardSettings,
+    EdgeSettings,
     IngestSettings,
     MqttSettings,
+    PacsSettings,
     SensorContext,
     Settings,
     StoreSettings,
+    TransferSettings,
     accounts,
     connect,
-    context_at,
     disconnect,
     new_client,
     subscribe,
     topics,
 )
 from sensors import DeviceFleet, Faults, Simulator, run
-from server import DicomWebStore, IngestWorker, MqttResultPublisher, PacsError, SeriesResult, build_pipeline, open_store
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
+    import uvicorn
 
     from server import InferenceEngine
 
 SITE = "ward-1"
+EDGE_ID = "edge-demo"
 SERVICE_USERS = ("aegle-ingest", "aegle-dashboard", "aegle-server")
-COLUMNS = (
-    ("heart_rate", "HR /min", "{:.0f}"),
-    ("spo2", "SpO2 %", "{:.0f}"),
-    ("temperature", "Temp °C", "{:.1f}"),
-    ("respiratory_rate", "RR /min", "{:.0f}"),
-    ("systolic_bp", "SBP", "{:.0f}"),
-    ("diastolic_bp", "DBP", "{:.0f}"),
-    ("motion", "motion m/s²", "{:.2f}"),
-)
+log = logging.getLogger("aegle.demo")
 
 
-@dataclass(frozen=True)
-class DemoStudy:
-    """A real series from the packaged test data, and where in the monitoring window the demo places it."""
-
-    label: str
-    files: tuple[str, ...]  # paths relative to pydicom's test files
-    patient_index: int
-    at_fraction: float  # acquisition time as a fraction of the monitoring window
-
-    def paths(self) -> list[Path]:
-        root = Path(pydicom.__file__).parent / "data" / "test_files"
-        return [root / name for name in self.files]
+# --------------------------------------------------------------------------- terminal and log
 
 
-_MR700 = "dicomdirtests/98892003/MR700"
-STUDIES = (
-    DemoStudy("CT", ("CT_small.dcm",), patient_index=0, at_fraction=0.4),
-    # The one real multi-slice MR series in the packaged data: 7 slices, 16×16 (thumbnails of a brain MR).
-    DemoStudy("MR", tuple(f"{_MR700}/{n}" for n in ("4467", "4528", "4558", "4588", "4618", "4648", "4678")),
-              patient_index=1, at_fraction=0.8),
-)
+def say(text: str = "") -> None:
+    """One line of the demo's own output (stdout; everything else goes to the log)."""
+    print(text, flush=True)
 
 
-class ContextViewer:
-    """Subscribes to every patient's retained context topic, dead letters and result events, as a dashboard would."""
+@contextmanager
+def logs_to_file(path: Path) -> Iterator[None]:
+    """Every log record, warning and stray stderr write (torch, ONNX Runtime, servers) into ``path`` meanwhile."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    for handler in saved[0]:
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    sys.stderr.flush()
+    stderr_fd = os.dup(2)
+    os.dup2(handler.stream.fileno(), 2)  # C-level warnings of torch and ONNX Runtime, thread tracebacks
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once, into the log
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        handler.close()
+        for old in saved[0]:
+            root.addHandler(old)
+        root.setLevel(saved[1])
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+class Viewer:
+    """Subscribed like a dashboard: every patient's retained context, dead letters and result events."""
 
     def __init__(self, cfg: MqttSettings) -> None:
         self.contexts: dict[str, SensorContext] = {}
         self.deadletters: dict[str, int] = {}
-        self.results: list[tuple[str, dict[str, Any]]] = []
-        self.updates = 0
+        self.results: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self.client = new_client(cfg, "aegle-demo-viewer")
+        self.client = new_client(cfg, f"aegle-demo-viewer-{secrets.token_hex(4)}")
         self.client.on_message = self._on_message
         connect(self.client, cfg)
         subscribe(self.client, [topics.context_filter(SITE), topics.deadletter(SITE, "+"), topics.results(SITE, "+")])
@@ -121,247 +138,87 @@ class ContextViewer:
                 reason = msg.topic.rsplit("/", 1)[1]
                 self.deadletters[reason] = self.deadletters.get(reason, 0) + 1
             elif "/results/" in msg.topic:
-                self.results.append((msg.topic, json.loads(msg.payload)))
+                self.results.append(json.loads(msg.payload))
             else:
                 ctx = SensorContext.from_dict(json.loads(msg.payload))
                 self.contexts[ctx.patient_id] = ctx
-                self.updates += 1
 
-    def table(self) -> str:
-        """The live context of every patient as a text table."""
-        with self._lock:
-            contexts = dict(sorted(self.contexts.items()))
-            letters = dict(self.deadletters)
-        head = f"{'patient':<10}" + "".join(f"{title:>12}" for _, title, _ in COLUMNS) + f"{'complete':>10}{'at':>11}"
-        rows = [head, "-" * len(head)]
-        for patient, ctx in contexts.items():
-            cells = []
-            for key, _, fmt in COLUMNS:
-                value = ctx.levels.get(key)
-                cells.append(f"{fmt.format(value) if value is not None else '–':>12}")
-            rows.append(f"{patient:<10}{''.join(cells)}{ctx.completeness:>10.0%}{ctx.at.strftime('%H:%M:%S'):>11}")
-        rows.append(f"context updates: {self.updates}   dead letters: {letters or 'none'}")
-        return "\n".join(rows)
-
-    def wait_results(self, count: int, timeout: float) -> list[tuple[str, dict[str, Any]]]:
-        """The result events received, once ``count`` have arrived or ``timeout`` seconds have passed."""
+    def result(self, series_uid: str, timeout: float) -> dict[str, Any] | None:
+        """The result event of a source series, once it has arrived (None after ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.results) < count:
-            time.sleep(0.05)
-        with self._lock:
-            return list(self.results)
+        while time.monotonic() < deadline:
+            with self._lock:
+                for event in self.results:
+                    if event.get("series_uid") == series_uid:
+                        return event
+            time.sleep(0.1)
+        return None
 
     def close(self) -> None:
         disconnect(self.client)
 
 
-class DemoPacs:
-    """The demo's PACS store: every derived series into ``directory/<SeriesInstanceUID>/``, and into a real
-    Orthanc over DICOMweb STOW-RS when one runs."""
+class FolderPacs:
+    """The PACS when Orthanc cannot run here: derived series kept in memory for the report (``store`` is the
+    pipeline's PacsStore protocol; ``search_series`` answers the readiness probe)."""
 
-    def __init__(self, directory: Path, dicomweb: DicomWebStore | None) -> None:
-        self.directory = directory
-        self.dicomweb = dicomweb
+    def __init__(self) -> None:
+        self.series: dict[str, list[Dataset]] = {}
 
     def store(self, datasets: Sequence[Dataset]) -> None:
-        """Write the instances as DICOM files, then STOW-RS them (raises ``PacsError`` if Orthanc refuses)."""
         for ds in datasets:
-            series = self.directory / str(ds.SeriesInstanceUID)
-            series.mkdir(parents=True, exist_ok=True)
-            ds.save_as(series / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-        if self.dicomweb is not None:
-            self.dicomweb.store(datasets)
+            self.series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+
+    def search_series(self, *_: Any, **__: Any) -> list[Dataset]:
+        return []
 
 
-def dciodvfy_counts(paths: Sequence[Path]) -> tuple[int, int] | None:
-    """Total (errors, warnings) dicom3tools' ``dciodvfy`` reports for the files; None when it is not installed."""
-    from aegle.dicomcheck import dciodvfy
+class LiveService:
+    """uvicorn serving the app on a free loopback port, in a thread."""
 
-    errors = warnings = 0
-    try:
-        for path in paths:
-            found_errors, found_warnings = dciodvfy(path)
-            errors += len(found_errors)
-            warnings += len(found_warnings)
-    except FileNotFoundError:
-        return None
-    return errors, warnings
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
 
+        self.port = port
+        self.server: uvicorn.Server = uvicorn.Server(
+            uvicorn.Config(app, host=LOOPBACK, port=port, access_log=False, log_config=None))
+        self.thread = threading.Thread(target=self.server.run, name="aegle-demo-uvicorn", daemon=True)
 
-def demo_copy(sources: Sequence[Path], patient_id: str, acquired: datetime) -> list[Dataset]:
-    """Copies of one real series for the demo: a synthetic patient, new study/series/instance UIDs and the
-    acquisition time ``acquired`` (UTC). Names, birth dates and other identifiers of the source are removed."""
-    study_uid, series_uid = uid.generate_uid(), uid.generate_uid()
-    stamp = acquired.astimezone(UTC)
-    copies = []
-    for path in sources:
-        ds = pydicom.dcmread(path)
-        for keyword in ("OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientAddress",
-                        "InstitutionName", "InstitutionAddress"):  # optional (type 3): removed
-            if keyword in ds:
-                delattr(ds, keyword)
-        ds.PatientID = patient_id
-        ds.PatientName = f"Demo^{patient_id}"
-        ds.PatientBirthDate = ds.ReferringPhysicianName = ds.AccessionNumber = ""  # required, may be empty
-        ds.StudyID = "DEMO"
-        ds.StudyDescription = "Aegle demo (copy of a public test image)"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-        ds.TimezoneOffsetFromUTC = "+0000"
-        ds.AcquisitionDateTime = stamp.strftime("%Y%m%d%H%M%S.%f+0000")
-        for date_kw, time_kw in (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"),
-                                 ("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime")):
-            setattr(ds, date_kw, stamp.strftime("%Y%m%d"))
-            setattr(ds, time_kw, stamp.strftime("%H%M%S.%f"))
-        copies.append(ds)
-    return copies
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def __enter__(self) -> LiveService:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start (see the log)")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
-def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo") -> int:
-    """Run the demo (vitals for ``duration_s`` seconds, then imaging); returns a process exit code."""
-    from server import InferenceEngine  # lazy: torch and ONNX Runtime load in the background below
+@dataclass
+class StudyRun:
+    """One study of the demo: what was sent, what came back."""
 
-    for chatty in ("httpx", "server.study.pipeline"):  # INFO lines per request / series would bury the demo's output
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    workdir = Path(workdir)
-    shutil.rmtree(workdir, ignore_errors=True)  # each run starts clean, so running it twice is safe
-    patients = max(patients, 1)
-    sim = Simulator(
-        patients=patients, site=SITE, rate_hz=1.0, seed=int(time.time()) % 10_000,
-        faults=Faults(dropouts_per_hour=30, late_fraction=0.03, late_s=(2.0, 10.0), duplicate_fraction=0.03,
-                      bad_fraction=0.01),
-    )
-    broker = Mosquitto(workdir / "mosquitto", service_users=SERVICE_USERS)
-    broker.add_users(list(SERVICE_USERS))
-    credentials = broker.add_accounts([accounts.device(d, SITE) for d in sim.devices])
-    settings = Settings(
-        mqtt=broker.mqtt_settings("aegle-ingest"),
-        store=StoreSettings(backend="sqlite", sqlite_path=workdir / "vitals.sqlite"),
-        ingest=IngestSettings(worker_id="demo", spool_path=workdir / "spool.sqlite"),
-        context=ContextSettings(window_s=60, freshness_tau_s=30),
-    )
-    header = (f"Aegle demo — everything runs on this machine, on loopback; nothing is downloaded.\n\n"
-              f"[1/3] Vitals: Mosquitto on {LOOPBACK}:{broker.port} (auth + ACL), SQLite store in {workdir}/, "
-              f"{patients} patients × 2 devices for {duration_s:.0f} s")
-    print(header, flush=True)
-    with broker, ThreadPoolExecutor(1, thread_name_prefix="aegle-demo-models") as loader:
-        # The shipped enhancer and triage classifier load while the vitals flow (missing ones are recorded).
-        engine_future = loader.submit(InferenceEngine.from_settings, settings.inference)
-        viewer = ContextViewer(broker.mqtt_settings("aegle-dashboard"))
-        try:
-            started, accepted = _vitals(sim, settings, credentials, viewer, duration_s, header)
-            ok = _imaging(settings, broker.mqtt_settings("aegle-server"), viewer, engine_future, started, duration_s,
-                          [sim.patients[s.patient_index % patients].patient_id for s in STUDIES], workdir)
-        finally:
-            viewer.close()
-            if engine_future.exception() is None:  # waits for the loader: its batcher thread must be stopped
-                engine_future.result().close()
-    _closing(workdir, accepted > 0 and ok)
-    return 0 if accepted > 0 and ok else 1
+    study: DemoStudy
+    patient: str
+    acquired: datetime
+    sources: list[Dataset]
+    sent_s: float = 0.0
+    event: dict[str, Any] | None = None
+    done_s: float = 0.0
+    derived: list[Dataset] = field(default_factory=list)
+    in_pacs: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
 
-def _vitals(
-    sim: Simulator, settings: Settings, credentials: dict[str, str], viewer: ContextViewer, duration_s: float,
-    header: str,
-) -> tuple[datetime, float]:
-    """Devices → broker → ingest → store, with the live table (redrawn under ``header`` on a terminal); returns
-    the start time and the number of messages accepted."""
-    worker = IngestWorker(settings).start()
-    tty = sys.stdout.isatty()
-    stop = threading.Event()
-    started = datetime.now(UTC)
-    with DeviceFleet(settings.mqtt, credentials) as fleet:
-        devices = threading.Thread(target=run, args=(sim, fleet.publish, duration_s),
-                                   kwargs={"realtime": True, "stop": stop, "start": started}, daemon=True)
-        devices.start()
-        try:
-            last_print = 0.0
-            while devices.is_alive():
-                devices.join(1.0)
-                if tty:
-                    print("\x1b[2J\x1b[H" + header + "\n" + viewer.table(), flush=True)
-                elif time.monotonic() - last_print >= 5:
-                    print(viewer.table(), "\n", flush=True)
-                    last_print = time.monotonic()
-        except KeyboardInterrupt:
-            stop.set()
-            devices.join()
-        fleet.flush(10)
-    time.sleep(settings.ingest.context_publish_interval_s + 0.5)
-    worker.stop()
-    print(viewer.table())
-    accepted = worker.metrics.value("aegle_ingest_messages_total", outcome="accepted")
-    rejected = worker.metrics.value("aegle_ingest_messages_total", outcome="rejected")
-    written = worker.metrics.value("aegle_ingest_samples_written_total")
-    print(f"\ningested {accepted:.0f} messages ({written:.0f} samples), dead-lettered {rejected:.0f}")
-    store = open_store(settings.store)
-    try:
-        halfway = started + timedelta(seconds=duration_s / 2)
-        patient = sim.patients[0].patient_id
-        ctx = context_at(store, patient, halfway, settings.context.window_s, settings.context.freshness_tau_s)
-        print(f"context of {patient} at {halfway:%H:%M:%S} read back from the store: "
-              + ", ".join(f"{k}={v}" for k, v in ctx.levels.items() if v is not None))
-    finally:
-        store.close()
-    return started, accepted
-
-
-def _imaging(
-    settings: Settings, server: MqttSettings, viewer: ContextViewer, engine_future: Future[InferenceEngine],
-    started: datetime, duration_s: float, patient_ids: list[str], workdir: Path,
-) -> bool:
-    """Real studies → context at acquisition → triage → enhancement → derived series → files / Orthanc → events."""
-    print("\n[2/3] Imaging: two real studies from pydicom's test files, copied and assigned to simulated patients\n"
-          "      (demo copies: patient and acquisition time rewritten, pixels unchanged)")
-    try:
-        engine = engine_future.result()
-    except Exception as exc:
-        print(f"  models could not be loaded: {type(exc).__name__}: {exc}")
-        return False
-    for model in engine.models():
-        print(f"  model {model['name']} {model['version']} ({model['architecture']}, {model['parameters']:,} "
-              f"parameters) on {model['backend']}")
-    for name, reason in engine.missing.items():
-        print(f"  MISSING model {name}: {reason}")
-    with ExitStack() as stack:  # closes the store, the publisher and stops Orthanc, whatever happens
-        store = open_store(settings.store)
-        stack.callback(store.close)
-        publisher_client = connect(new_client(server, "aegle-demo-server"), server)
-        stack.callback(disconnect, publisher_client)
-        dicomweb = None
-        orthanc_off = _orthanc_unavailable()
-        if orthanc_off is None:
-            try:
-                orthanc = stack.enter_context(Orthanc(workdir / "orthanc", stable_age=1))
-                dicomweb = stack.enter_context(DicomWebStore(orthanc.dicomweb_url, *orthanc.auth))
-                print(f"  PACS: Orthanc on {orthanc.url} (DICOMweb, authentication on) and {workdir}/derived/")
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                orthanc_off = f"it failed to start: {exc}"
-        if dicomweb is None:
-            print(f"  PACS: {workdir}/derived/\n  Orthanc not started: {orthanc_off}")
-        pipeline = build_pipeline(engine, lambda: store, DemoPacs(workdir / "derived", dicomweb),
-                                  MqttResultPublisher(publisher_client, SITE), settings)  # fmt: skip
-        results = []
-        for study, patient_id in zip(STUDIES, patient_ids, strict=True):
-            acquired = started + timedelta(seconds=duration_s * study.at_fraction)
-            sources = demo_copy(study.paths(), patient_id, acquired)
-            first = sources[0]
-            print(f"\n  {study.label}: {len(sources)} image(s) {first.Rows}×{first.Columns} → patient {patient_id}, "
-                  f"acquired {acquired:%H:%M:%S} UTC")
-            result = pipeline.process_series(sources)
-            results.append(result)
-            _report(result, first, workdir, dicomweb)
-        events = viewer.wait_results(len(results), timeout=10)
-        print(f"\n  result events on the broker ({len(events)}):")
-        for topic, event in events:
-            shown = {k: event[k] for k in ("status", "derived_series_uid", "counts", "model", "model_version",
-                                           "strength", "scale")}
-            print(f"    {topic}\n      {json.dumps(shown)}")
-        (workdir / "results.json").write_text(json.dumps([event for _, event in events], indent=2))
-    return all(r.status == "ok" for r in results) and len(events) == len(results)
-
-
-def _orthanc_unavailable() -> str | None:
+def orthanc_unavailable() -> str | None:
     """Why the demo cannot run Orthanc here, or None when it can."""
     try:
         require("Orthanc", "orthanc")
@@ -370,71 +227,357 @@ def _orthanc_unavailable() -> str | None:
     if not ORTHANC_DICOMWEB_PLUGIN.is_file():
         return f"{ORTHANC_DICOMWEB_PLUGIN} not found: install the Debian package 'orthanc-dicomweb'"
     if not loopback_only_network():
-        return (f"this process sees the network interfaces {', '.join(network_interfaces())};\n    Orthanc listens "
-                "on every interface, so the demo runs it only in a loopback-only network namespace (./scripts/demo)")
+        return (f"this process sees the network interfaces {', '.join(network_interfaces())}; Orthanc listens on "
+                "every interface, so the demo runs it only in a loopback-only network namespace (./scripts/demo)")
     return None
 
 
-def _report(result: SeriesResult, source: Dataset, workdir: Path, dicomweb: DicomWebStore | None) -> None:
-    """What one series went through, for the terminal."""
-    ctx = result.context
-    if ctx is None:
-        print("    context: none (enhanced without vitals)")
-    else:
-        shown = [f"{title.split(' ')[0]} {fmt.format(ctx.levels[key])}" for key, title, fmt in COLUMNS
-                 if ctx.levels.get(key) is not None]
-        print(f"    context at acquisition (window {ctx.window_s:.0f} s): completeness {ctx.completeness:.0%}; "
-              + (", ".join(shown) or "no vitals"))
-    decisions = list(result.triage.values())
-    if decisions:
-        flagged = sum(t.enhance for t in decisions)
-        print(f"    triage (advisory, kept in the result event): {flagged} of {len(decisions)} image(s) flagged for "
-              f"enhancement; e.g. {decisions[0].reason}")
-    else:
-        print("    triage: no decision (see the warning below); triage is advisory: enhancement goes ahead")
-    for (reason, detail), count in Counter((w.reason, w.detail) for w in result.warnings).items():
-        print(f"    warning (×{count}): {reason}: {detail}")
-    if result.model_name:
-        strength = ("α per pixel, set by the image and the context together" if result.strength is None
-                    else f"strength α = {result.strength:.3f} (1 = unconditioned; set by the context)")
-        print(f"    enhanced by {result.model_name} {result.model_version}, ×{result.scale}, {strength}")
-    for (reason, detail), count in Counter((f.reason, f.detail) for f in result.failures).items():
-        print(f"    FAILED (×{count}) {reason}: {detail}")
-    if not result.derived:
-        print(f"    status: {result.status}, no derived series")
-        return
-    out = result.derived[0]
-    spacing = " × ".join(f"{float(v):.3g}" for v in out.get("PixelSpacing", [])) or "not given"
-    source_spacing = " × ".join(f"{float(v):.3g}" for v in source.get("PixelSpacing", [])) or "not given"
-    print(f"    derived series {result.derived_series_uid}\n      \"{out.SeriesDescription}\": "
-          f"{len(result.derived)} image(s) {out.Rows}×{out.Columns}, pixel spacing {spacing} mm "
-          f"(source {source_spacing} mm)")
-    folder = workdir / "derived" / str(result.derived_series_uid)
-    counts = dciodvfy_counts(sorted(folder.glob("*.dcm")))
-    checked = "dciodvfy not installed" if counts is None else f"dciodvfy: {counts[0]} errors, {counts[1]} warnings"
-    print(f"    files: {folder}/ — {checked}")
-    if dicomweb is not None:
+def c_store(port: int, datasets: Sequence[Dataset]) -> list[int]:
+    """Send the datasets to the edge node as a modality would (one C-STORE association); the status of each."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="DEMO_MODALITY")
+    for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
+        ae.add_requested_context(sop_class, str(datasets[0].file_meta.TransferSyntaxUID))
+    assoc = ae.associate(LOOPBACK, port, ae_title="AEGLE_EDGE")
+    if not assoc.is_established:
+        raise RuntimeError("the edge node refused the association")
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def stow(url: str, token: str, datasets: Sequence[Dataset]) -> int:
+    """STOW-RS the datasets to the service; returns the HTTP status."""
+    import httpx
+
+    from server import encode_instance, encode_multipart
+
+    boundary = secrets.token_hex(16)
+    response = httpx.post(
+        f"{url}/dicom-web/studies", content=encode_multipart([encode_instance(ds) for ds in datasets], boundary),
+        headers={"Authorization": f"Bearer {token}",
+                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=600,
+    )  # fmt: skip
+    return response.status_code
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo", keep: bool = False) -> int:
+    """Run the demo (see the module doc); returns a process exit code."""
+    workdir = Path(workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)  # each run starts clean, so running it twice is safe
+    workdir.mkdir(parents=True)
+    log_path = workdir / "demo.log"
+    say("Aegle demo: everything runs on this machine, on 127.0.0.1; nothing is downloaded.")
+    say(f"  log: {log_path}")
+    with logs_to_file(log_path):
         try:
-            found = dicomweb.search_series(result.study_uid, {"SeriesInstanceUID": str(result.derived_series_uid)})
-            print(f"    Orthanc: stored by STOW-RS; QIDO-RS finds {len(found)} matching series")
-        except PacsError as exc:
-            print(f"    Orthanc: stored by STOW-RS, but the QIDO-RS check failed: {exc}")
+            return Demo(max(duration_s, 1.0), max(patients, 2), workdir, keep).run()
+        except KeyboardInterrupt:
+            say("\ninterrupted: everything the demo started is stopped.")
+            return 130
+        except Exception:
+            log.exception("the demo failed")
+            say(f"\nFAILED: see {log_path} (the end of it says why)")
+            return 1
 
 
-def _closing(workdir: Path, ok: bool) -> None:
-    if not ok:
-        print("\nNOT everything worked: see the FAILED / MISSING lines above (exit code 1).")
-    print(f"""
-[3/3] What you saw
-  - simulated bedside monitors and wearables publishing vitals over MQTT (auth + per-device ACL), faults included;
-  - the ingest worker storing them in SQLite and keeping each patient's live sensor context;
-  - two real studies (CT, multi-slice MR) enhanced with the shipped models, each conditioned on its patient's
-    context at acquisition time, after triage; derived DICOM series written to {workdir}/derived/ and checked;
-  - a result event per series on the broker (UIDs, counts, model, context summary — no patient data).
-  The synthetic patient ids (enc-…) are the only patient identifiers printed.
+class Demo:
+    """One run of the demo; :meth:`run` is the whole of it."""
 
-Next
-  - the HTTP service (docs/api.md): .venv/bin/aegle token create --role clinician --name NAME
-                                    .venv/bin/aegle serve
-  - a PACS (docs/pacs.md):          AEGLE_PACS__DICOMWEB_URL=http://127.0.0.1:8042/dicom-web; DICOM: docs/dicom.md
-  - this demo explained:            docs/demo.md""")
+    def __init__(self, duration_s: float, patients: int, workdir: Path, keep: bool) -> None:
+        self.duration_s, self.patients, self.workdir, self.keep = duration_s, patients, workdir, keep
+        self.t0 = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.started = datetime.now(UTC)
+        self.settings = Settings()  # the environment's (AEGLE_INFERENCE__…), then the demo's own parts below
+        self.settings.store = StoreSettings(backend="sqlite", sqlite_path=workdir / "vitals.sqlite")
+        self.settings.ingest = IngestSettings(worker_id="demo", spool_path=workdir / "spool.sqlite")
+        self.settings.context = ContextSettings(window_s=60, freshness_tau_s=30)
+        self.orthanc_off: str | None = None
+        self.accepted = self.rejected = self.written = 0.0
+
+    def lap(self, name: str, since: float) -> None:
+        self.timings[name] = round(time.monotonic() - since, 1)
+
+    def run(self) -> int:
+        from server import IngestWorker
+
+        sim = Simulator(
+            patients=self.patients, site=SITE, rate_hz=1.0, seed=int(time.time()) % 10_000,
+            faults=Faults(dropouts_per_hour=30, late_fraction=0.03, late_s=(2.0, 10.0), duplicate_fraction=0.03,
+                          bad_fraction=0.01),
+        )  # fmt: skip
+        broker = Mosquitto(self.workdir / "mosquitto", service_users=SERVICE_USERS)
+        broker.add_users(list(SERVICE_USERS))
+        credentials = broker.add_accounts([accounts.device(d, SITE) for d in sim.devices])
+        broker.add_accounts([accounts.edge(EDGE_ID, SITE)])
+        self.settings.mqtt = broker.mqtt_settings("aegle-ingest")
+        with ExitStack() as stack:
+            stack.enter_context(broker)
+            loader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="aegle-demo-models"))
+            engine_future = loader.submit(self._engine)
+            stack.callback(lambda: engine_future.exception() is None and engine_future.result().close())
+            orthanc = self._orthanc(stack)
+            worker = IngestWorker(self.settings).start()
+            stack.callback(worker.stop)
+            viewer = Viewer(broker.mqtt_settings("aegle-dashboard"))
+            stack.callback(viewer.close)
+            say(f"\n[1/3] Vitals: Mosquitto on {LOOPBACK}:{broker.port} (auth + ACL), ingest worker → SQLite; "
+                f"{self.patients} patients × 2 devices for {self.duration_s:.0f} s (the models load meanwhile)")
+            stop = threading.Event()
+            stack.callback(stop.set)
+            devices = self._vitals(stack, sim, credentials, viewer, stop, worker)
+            engine = engine_future.result()
+            say("\n[2/3] Imaging: the Aegle service, an edge node and two real-size studies")
+            runs = self._imaging(stack, broker, orthanc, engine, sim, viewer)
+            say("\n[3/3] Report")
+            summary = self._report(runs, engine, viewer, orthanc)
+            ok = self.accepted > 0 and all(r.event is not None and r.event["status"] == "ok" and r.derived
+                                           for r in runs)  # fmt: skip
+            if not ok:
+                say("\nNOT everything worked: see the FAILED lines above and the log (exit code 1).")
+            say(f"\n  report:  {summary['paths']['report']}\n  summary: {summary['paths']['summary']}\n"
+                f"  log:     {summary['paths']['log']}")
+            say(f"\n  {NOTICE}")
+            if self.keep:
+                say("\n--keep: the broker, devices, service, edge node and Orthanc keep running; Ctrl-C stops them.")
+                try:
+                    threading.Event().wait()
+                except KeyboardInterrupt:
+                    say("\nstopping everything the demo started…")
+            stop.set()
+            devices.join(15)
+        say("done: every process the demo started is stopped." if not self.keep else "stopped.")
+        return 0 if ok else 1
+
+    def _engine(self) -> InferenceEngine:
+        from server import InferenceEngine
+
+        return InferenceEngine.from_settings(self.settings.inference)
+
+    def _orthanc(self, stack: ExitStack) -> Orthanc | None:
+        self.orthanc_off = orthanc_unavailable()
+        if self.orthanc_off is not None:
+            return None
+        try:
+            return stack.enter_context(Orthanc(self.workdir / "orthanc", stable_age=1))
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            log.exception("Orthanc did not start")
+            self.orthanc_off = f"it failed to start: {exc}"
+            return None
+
+    def _vitals(self, stack: ExitStack, sim: Simulator, credentials: dict[str, str], viewer: Viewer,
+                stop: threading.Event, worker: Any) -> threading.Thread:
+        """Devices → broker → ingest → store for the monitoring window (on with --keep); returns the devices'
+        thread."""
+        since = time.monotonic()
+        fleet = stack.enter_context(DeviceFleet(self.settings.mqtt, credentials))
+        duration = 10.0**9 if self.keep else self.duration_s
+        devices = threading.Thread(target=run, args=(sim, fleet.publish, duration), name="aegle-demo-devices",
+                                   kwargs={"realtime": True, "stop": stop, "start": self.started}, daemon=True)
+        devices.start()
+        tty = sys.stdout.isatty()
+        end = time.monotonic() + self.duration_s
+        last = time.monotonic()  # without a terminal: a line every 10 s, the first once there is data
+        while time.monotonic() < end if self.keep else devices.is_alive():
+            time.sleep(0.5)
+            if tty or time.monotonic() - last >= 10:
+                last = time.monotonic()
+                accepted = worker.metrics.value("aegle_ingest_messages_total", outcome="accepted")
+                line = (f"  {min(time.monotonic() - since, self.duration_s):4.0f} s: {accepted:.0f} messages "
+                        f"ingested, {len(viewer.contexts)} of {self.patients} patients with a live context")
+                print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+        if tty:
+            print(flush=True)
+        if not self.keep:
+            fleet.flush(10)
+        time.sleep(self.settings.ingest.context_publish_interval_s + 0.5)
+        self.accepted = worker.metrics.value("aegle_ingest_messages_total", outcome="accepted")
+        self.rejected = worker.metrics.value("aegle_ingest_messages_total", outcome="rejected")
+        self.written = worker.metrics.value("aegle_ingest_samples_written_total")
+        say(f"  ingested {self.accepted:.0f} messages ({self.written:.0f} samples); dead-lettered "
+            f"{self.rejected:.0f}: {viewer.deadletters or 'none'}")
+        for patient, ctx in sorted(viewer.contexts.items())[:4]:
+            levels = ctx.levels
+            shown = ", ".join(f"{name} {levels[key]:.{digits}f}" for key, name, digits in
+                              (("heart_rate", "HR", 0), ("spo2", "SpO2", 0), ("respiratory_rate", "RR", 0),
+                               ("motion", "motion", 2)) if levels.get(key) is not None)  # fmt: skip
+            say(f"  {patient}: {shown or 'no vitals'} (completeness {ctx.completeness:.0%})")
+        if len(viewer.contexts) > 4:
+            say(f"  … and {len(viewer.contexts) - 4} more patients (the dashboard shows them all)")
+        self.lap("vitals_s", since)
+        return devices
+
+    def _imaging(self, stack: ExitStack, broker: Mosquitto, orthanc: Orthanc | None, engine: InferenceEngine,
+                 sim: Simulator, viewer: Viewer) -> list[StudyRun]:
+        from edge import EdgeNode
+        from server import AegleService
+
+        since = time.monotonic()
+        settings = self.settings.model_copy()
+        settings.inference = engine.settings
+        settings.mqtt = broker.mqtt_settings("aegle-server")
+        port = free_port()
+        settings.api = ApiSettings(
+            host=LOOPBACK, port=port, tokens_path=self.workdir / "tokens.sqlite",
+            audit_path=self.workdir / "audit.sqlite", studies_path=self.workdir / "studies.sqlite",
+            token_secret_file=self.workdir / "token-secret")  # fmt: skip
+        settings.dashboard = DashboardSettings(frames_path=self.workdir / "frames")  # the viewer's copies
+        if orthanc is not None:
+            user, password = orthanc.auth
+            settings.pacs = PacsSettings(dicomweb_url=orthanc.dicomweb_url, orthanc_url=orthanc.url, username=user,
+                                         password=password, results_site=SITE)  # fmt: skip
+        else:
+            settings.pacs = PacsSettings(results_site=SITE)
+        settings.dicom_transfer = TransferSettings(
+            enabled=True, worker_id="demo-dicom", staging_path=self.workdir / "staging",
+            series_path=self.workdir / "series", series_quiet_s=1.0, sweep_interval_s=0.5)  # fmt: skip
+        service = AegleService(settings, engine=engine)
+        folder = None
+        if orthanc is None:
+            folder = service.state.pacs = FolderPacs()
+        live = stack.enter_context(LiveService(service.app, port))
+        tokens = service.state.tokens
+        device_token = tokens.create("demo-modality", "device")
+        login_name = f"demo-login-{secrets.token_hex(4)}"
+        login = tokens.create(login_name, "clinician")
+        stack.callback(lambda: tokens.revoke(login_name) and log.info("one-time dashboard login revoked"))
+        say(f"  service: {live.url} (uvicorn; STOW-RS, DICOM over MQTT from edge nodes, result events)")
+        if orthanc is not None:
+            say(f"  PACS: Orthanc on {LOOPBACK}:{orthanc.port} (DICOMweb, authentication on)")
+        else:
+            say(f"  PACS: Orthanc skipped: {self.orthanc_off}\n        derived series are kept by the demo instead")
+        if sys.stdout.isatty():
+            say(f"  dashboard (one-time login, valid until the demo ends): {live.url}/dashboard/login#token={login}")
+        edge = EdgeNode(EdgeSettings(site=SITE, outbox_path=self.workdir / "edge-outbox", dicom_port=free_port()),
+                        broker.mqtt_settings(EDGE_ID)).start()  # fmt: skip
+        stack.callback(edge.stop)
+        say(f"  edge node {EDGE_ID}: C-STORE SCP on {LOOPBACK}:{edge.scp.port} → outbox → MQTT")
+        runs = []
+        for study in STUDIES:
+            patient = sim.patients[study.patient_index % len(sim.patients)].patient_id
+            acquired = self.started + timedelta(seconds=self.duration_s * study.at_fraction)
+            runs.append(StudyRun(study, patient, acquired, build_series(study, patient, acquired)))
+        for r in runs:
+            first = r.sources[0]
+            r.sent_s = time.monotonic()
+            if r.study.route == "edge":
+                statuses = c_store(edge.scp.port, r.sources)
+                how = f"C-STORE to the edge node: {sum(s == 0 for s in statuses)} of {len(statuses)} accepted"
+            else:
+                threading.Thread(target=self._stow, args=(live.url, device_token, r), daemon=True).start()
+                how = "STOW-RS to the service (device token)"
+            say(f"  {r.study.label}: {len(r.sources)} slices {first.Rows}×{first.Columns} of {r.patient}, acquired "
+                f"{r.acquired:%H:%M:%S} UTC → {how}")
+        for r in runs:
+            r.event = viewer.result(str(r.sources[0].SeriesInstanceUID), timeout=600)
+            r.done_s = time.monotonic() - r.sent_s
+            if r.event is None:
+                say(f"  FAILED {r.study.label}: no result event within 600 s")
+                continue
+            say(f"  {r.study.label}: result event {r.event['status']} after {r.done_s:.0f} s: "
+                f"{r.event['counts']['enhanced']} derived instances by {r.event['model']} {r.event['model_version']}")
+            for failure in r.event["failures"][:3]:
+                say(f"    FAILED {failure['reason']}: {failure['detail']}")
+            self._fetch(r, orthanc, folder)
+        self.lap("imaging_s", since)
+        return runs
+
+    def _stow(self, url: str, token: str, r: StudyRun) -> None:
+        status = stow(url, token, r.sources)
+        log.info("STOW-RS of the %s answered %d", r.study.label, status)
+
+    def _fetch(self, r: StudyRun, orthanc: Orthanc | None, folder: FolderPacs | None) -> None:
+        """The derived series as the PACS has it (WADO-RS from Orthanc), on disk and checked."""
+        from aegle.demo_checks import dciodvfy_counts
+
+        assert r.event is not None
+        uid, study_uid = r.event["derived_series_uid"], r.event["study_uid"]
+        if uid is None:
+            return
+        if orthanc is not None:
+            from server import DicomWebStore
+
+            with DicomWebStore(orthanc.dicomweb_url, *orthanc.auth) as pacs:
+                r.derived = pacs.retrieve_series(study_uid, uid)
+                r.in_pacs = bool(pacs.search_series(study_uid, {"SeriesInstanceUID": uid}))
+        elif folder is not None:
+            r.derived = folder.series.get(uid, [])
+        folder_path = self.workdir / "derived" / uid
+        folder_path.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for ds in r.derived:
+            path = folder_path / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        counts = dciodvfy_counts(paths)
+        r.info["dciodvfy"] = "not installed" if counts is None else f"{counts[0]} errors, {counts[1]} warnings"
+        r.info["files"] = str(folder_path)
+        where = "fetched back from Orthanc (WADO-RS), QIDO-RS finds it" if r.in_pacs else "kept by the demo"
+        say(f"    derived series {uid}: {len(r.derived)} instances {where}; dciodvfy {r.info['dciodvfy']}")
+
+    def _report(self, runs: list[StudyRun], engine: InferenceEngine, viewer: Viewer,
+                orthanc: Orthanc | None) -> dict[str, Any]:
+        from aegle.demo_checks import analyse
+
+        since = time.monotonic()
+        images: dict[str, dict[str, Path]] = {}
+        studies = []
+        for r in runs:
+            info = analyse(r, engine, self.workdir)
+            images[r.study.label] = info.pop("images")
+            studies.append(info)
+            say(f"  {r.study.label}: triage: {info['triage_text']}")
+            say(f"      context: {info['context_line']}")
+            say(f"      {info['context_effect_text']}")
+            if images[r.study.label]:
+                say(f"      pictures: {', '.join(str(p) for p in images[r.study.label].values())}")
+        charts = self._charts(runs)
+        finished = datetime.now(UTC)
+        self.lap("report_s", since)
+        summary: dict[str, Any] = {
+            "started": self.started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
+            "orthanc": "running (loopback-only namespace)" if orthanc is not None else f"skipped: {self.orthanc_off}",
+            "vitals": {"patients": self.patients, "duration_s": self.duration_s, "messages_ingested": self.accepted,
+                       "samples_written": self.written, "dead_lettered": self.rejected,
+                       "dead_letters": dict(viewer.deadletters)},
+            "figures": {"patients": self.patients, "messages_ingested": int(self.accepted),
+                        "samples_written": int(self.written), "dead_lettered": int(self.rejected),
+                        "studies": len(runs), "source_slices": sum(len(r.sources) for r in runs),
+                        "derived_instances": sum(len(r.derived) for r in runs), **self.timings,
+                        **{f"{r.study.label}_processing_s": round(r.done_s, 1) for r in runs},
+                        "total_s": round(time.monotonic() - self.t0, 1)},
+            "studies": studies,
+            "paths": {"report": str(self.workdir / "report.html"), "summary": str(self.workdir / "summary.json"),
+                      "log": str(self.workdir / "demo.log"), "derived": str(self.workdir / "derived"),
+                      "pictures": str(self.workdir / "pictures")},
+        }  # fmt: skip
+        (self.workdir / "report.html").write_text(render_html(summary, charts, images), encoding="utf-8")
+        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        return summary
+
+    def _charts(self, runs: list[StudyRun]) -> dict[str, str]:
+        """Vitals charts (inline SVG) of the patients with a study, acquisition time marked."""
+        from server import open_store
+
+        store = open_store(self.settings.store)
+        try:
+            end = datetime.now(UTC)
+            charts = {}
+            for r in runs:
+                samples = store.query(r.patient, int(self.started.timestamp() * 1000), int(end.timestamp() * 1000))
+                marker = (r.acquired - self.started).total_seconds()
+                charts[f"{r.patient} ({r.study.label} acquired at the dashed line)"] = vitals_svg(
+                    chart_series(samples, self.started), 0.0, self.duration_s, marker)
+            return charts
+        finally:
+            store.close()
+
+
+__all__ = ["Demo", "run_demo"]
