@@ -273,7 +273,7 @@ def test_ward_feed_flags_marks_stale_and_computes_the_enhancers_context(tmp_path
     ])  # fmt: skip
     feed = WardFeed(lambda: store, settings)
     events = feed.poll(now)
-    views = {e["patient"]["patient_id"]: e["patient"] for e in events if e["type"] == "patient"}
+    views = {v["patient_id"]: v for e in events if e["type"] == "patients" for v in e["patients"]}
     assert set(views) == {"enc-1", "enc-2"}
     values = views["enc-1"]["values"]
     assert values["heart_rate"]["value"] == 131.0 and values["heart_rate"]["flag"] == "high"
@@ -285,11 +285,11 @@ def test_ward_feed_flags_marks_stale_and_computes_the_enhancers_context(tmp_path
     assert set(ctx["missing"]) == {"respiratory_rate", "systolic_bp", "diastolic_bp", "motion"}
     assert views["enc-2"]["site"] == "ward-1" and views["enc-2"]["values"]["respiratory_rate"]["flag"] is None
     # Nothing new: nothing sent. A new value: only that patient's view.
-    assert [e for e in feed.poll(now + 100) if e["type"] == "patient"] == []
+    assert [e for e in feed.poll(now + 100) if e["type"] == "patients"] == []
     store.write([Sample("enc-2", "ward-1", "mon-2", "9279-1", now + 200, 30.0, "f")])
     changed = feed.poll(now + 300)
-    assert [e["patient"]["patient_id"] for e in changed] == ["enc-2"]
-    assert changed[0]["patient"]["values"]["respiratory_rate"]["flag"] == "high"
+    assert [[v["patient_id"] for v in e["patients"]] for e in changed] == [["enc-2"]]  # one message per read
+    assert changed[0]["patients"][0]["values"]["respiratory_rate"]["flag"] == "high"
     snapshot = feed.snapshot()
     assert [p["patient_id"] for p in snapshot["patients"]] == ["enc-1", "enc-2"]
     assert {c["key"]: c["unit"] for c in snapshot["channels"]}["temperature"] == "°C"

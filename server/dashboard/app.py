@@ -279,7 +279,7 @@ def create_dashboard(st: ServiceState) -> FastAPI:
                     yield sse({"type": "ended"})
                     return
             if event is not None:
-                shown = [event["patient"]] if event["type"] == "patient" else event.get("patients", [])
+                shown = event.get("patients", [])
                 unseen = [v["patient_id"] for v in shown if v["patient_id"] not in session.shown]
                 if unseen:  # audited before the data is sent, once per patient and session
                     await asyncio.to_thread(audit_patients, request, session, unseen)

@@ -166,7 +166,8 @@ class WardFeed:
     # ----------------------------------------------------------------- the store (worker thread)
 
     def poll(self, now_ms: int | None = None) -> list[dict[str, Any]]:
-        """Read new samples, update the state and return the events for the views that changed."""
+        """Read new samples, update the state and return the events: the views that changed in one ``patients``
+        event (one message per read however many patients changed), patients gone, the store's status."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if self._watermark_ms is None:
             since = now_ms - self.window_ms
@@ -177,6 +178,7 @@ class WardFeed:
         if self.error is not None:
             self.error = None
             events.append({"type": "status", "error": None})
+        changed: list[dict[str, Any]] = []
         touched = self._add(samples)
         self._watermark_ms = max([self._watermark_ms or since, *(s.t_ms for s in samples)])
         full = time.monotonic() >= self._context_due
@@ -196,7 +198,9 @@ class WardFeed:
             if view != self._views.get(patient_id):
                 with self._lock:
                     self._views[patient_id] = view
-                events.append({"type": "patient", "now_ms": now_ms, "patient": view})
+                changed.append(view)
+        if changed:
+            events.append({"type": "patients", "now_ms": now_ms, "patients": changed})
         return events
 
     def _add(self, samples: list[Sample]) -> set[str]:

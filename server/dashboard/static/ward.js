@@ -2,6 +2,7 @@
 "use strict";
 const ward = {
   channels: [], staleAfterMs: 30000, offsetMs: 0, patients: new Map(), trends: new Map(), windowMs: 300000,
+  pending: new Map(), frame: 0, bucketMs: 10000,
   el: (tag, cls, text) => {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -23,10 +24,16 @@ const ward = {
     }
     for (const name of ["Context", "Updated"]) { const th = ward.el("th", "", name); th.scope = "col"; row.append(th); }
   },
+  // One point per 10 s bucket (the newest value), as the server's trends: a row costs the same however long it runs.
   trend(patientId, channel, reading) {
     const key = `${patientId}/${channel}`;
     const points = ward.trends.get(key) || [];
-    if (!points.length || points[points.length - 1][0] < reading.t_ms) points.push([reading.t_ms, reading.value]);
+    const last = points[points.length - 1];
+    if (!last || last[0] < reading.t_ms) {
+      const bucket = Math.floor(reading.t_ms / ward.bucketMs);
+      if (last && Math.floor(last[0] / ward.bucketMs) === bucket) points.pop();
+      points.push([reading.t_ms, reading.value]);
+    }
     while (points.length && points[0][0] < reading.t_ms - ward.windowMs) points.shift();
     ward.trends.set(key, points);
     return points;
@@ -63,7 +70,7 @@ const ward = {
     td.append(ward.el("span", "num", String(reading.value)), ward.el("span", "unit", ` ${channel.unit}`));
     if (reading.flag) td.append(ward.el("span", "visually-hidden", ` (${reading.flag})`));
     td.append(ward.el("span", "age"));
-    td.append(ward.sparkline(ward.trend(patientId, channel.key, reading)));
+    td.append(ward.sparkline(ward.trends.get(`${patientId}/${channel.key}`) || []));
     return td;
   },
   row(view) {
@@ -94,6 +101,22 @@ const ward = {
     updated.dataset.t = newest;
     tr.append(updated);
     return tr;
+  },
+  // A patient's new values: the trend takes every reading at once, the row is redrawn once per animation frame
+  // with the newest view (a busy ward costs one redraw per patient per frame, not one per message).
+  queue(view) {
+    for (const c of ward.channels) {
+      const reading = view.values[c.key];
+      if (reading) ward.trend(view.patient_id, c.key, reading);
+    }
+    ward.pending.set(view.patient_id, view);
+    if (!ward.frame) ward.frame = requestAnimationFrame(ward.flush);
+  },
+  flush() {
+    ward.frame = 0;
+    for (const view of ward.pending.values()) ward.upsert(view);
+    ward.pending.clear();
+    document.getElementById("empty").hidden = ward.patients.size > 0;
   },
   upsert(view) {
     const body = document.getElementById("ward-body");
@@ -140,12 +163,13 @@ const ward = {
       ward.header();
       document.getElementById("ward-body").replaceChildren();
       ward.patients.clear();
+      ward.pending.clear();
       for (const view of event.patients) ward.upsert(view);
       ward.status(event.error);
-    } else if (event.type === "patient") ward.upsert(event.patient);
-    else if (event.type === "removed") ward.remove(event.patient_id);
+      ward.tick(document);
+    } else if (event.type === "patients") { for (const view of event.patients) ward.queue(view); }
+    else if (event.type === "removed") { ward.pending.delete(event.patient_id); ward.remove(event.patient_id); }
     else if (event.type === "status") ward.status(event.error);
-    ward.tick(document);
   },
   status(error) {
     const p = document.getElementById("status");
