@@ -266,7 +266,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """End-to-end demo on embedded defaults."""
     from aegle.demo import run_demo
 
-    return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir, keep=args.keep)
+    return run_demo(duration_s=args.duration, patients=args.patients, workdir=args.workdir, keep=args.keep,
+                    screenshots=args.screenshots)
 
 
 def cmd_enhance(settings: Settings, args: argparse.Namespace) -> int:
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=6)
     p.add_argument("--workdir", default="var/demo", help="where the demo keeps its files, report and log")
     p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    p.add_argument("--screenshots", metavar="DIR", help="save a PNG of each dashboard view into DIR (Chromium)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ingest", help="run an ingest worker (MQTT → store → live context)")

@@ -267,7 +267,8 @@ def stow(url: str, token: str, datasets: Sequence[Dataset]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
-def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo", keep: bool = False) -> int:
+def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo", keep: bool = False,
+             screenshots: str | Path | None = None) -> int:
     """Run the demo (see the module doc); returns a process exit code."""
     workdir = Path(workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)  # each run starts clean, so running it twice is safe
@@ -277,7 +278,8 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
     say(f"  log: {log_path}")
     with logs_to_file(log_path):
         try:
-            return Demo(max(duration_s, 1.0), max(patients, 2), workdir, keep).run()
+            return Demo(max(duration_s, 1.0), max(patients, 2), workdir, keep,
+                        None if screenshots is None else Path(screenshots)).run()
         except KeyboardInterrupt:
             say("\ninterrupted: everything the demo started is stopped.")
             return 130
@@ -290,8 +292,11 @@ def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = 
 class Demo:
     """One run of the demo; :meth:`run` is the whole of it."""
 
-    def __init__(self, duration_s: float, patients: int, workdir: Path, keep: bool) -> None:
+    def __init__(self, duration_s: float, patients: int, workdir: Path, keep: bool, screenshots: Path | None) -> None:
         self.duration_s, self.patients, self.workdir, self.keep = duration_s, patients, workdir, keep
+        self.screenshots = screenshots
+        self.live_vitals = keep or screenshots is not None  # the devices keep sending after the monitoring window
+        self.dashboard: tuple[str, str, str] | None = None  # service URL, clinician and operator tokens
         self.t0 = time.monotonic()
         self.timings: dict[str, float] = {}
         self.started = datetime.now(UTC)
@@ -345,6 +350,8 @@ class Demo:
             say(f"\n  report:  {summary['paths']['report']}\n  summary: {summary['paths']['summary']}\n"
                 f"  log:     {summary['paths']['log']}")
             say(f"\n  {NOTICE}")
+            if self.screenshots is not None:
+                self._screenshots(runs)
             if self.keep:
                 say("\n--keep: the broker, devices, service, edge node and Orthanc keep running; Ctrl-C stops them.")
                 try:
@@ -355,6 +362,25 @@ class Demo:
             devices.join(15)
         say("done: every process the demo started is stopped." if not self.keep else "stopped.")
         return 0 if ok else 1
+
+    def _screenshots(self, runs: list[StudyRun]) -> None:
+        """The dashboard's views in Chromium, saved under ``self.screenshots`` (the first enhanced study in the
+        viewer)."""
+        from aegle.screenshots import capture
+
+        shown = next((r for r in runs if r.event is not None and r.event["derived_series_uid"]), None)
+        if self.dashboard is None or shown is None or self.screenshots is None:
+            say("  screenshots: skipped (no enhanced study to show)")
+            return
+        url, clinician, operator = self.dashboard
+        viewer = (f"/dashboard/viewer?study={shown.sources[0].StudyInstanceUID}"
+                  f"&series={shown.event['derived_series_uid']}")  # fmt: skip
+        try:
+            paths = capture(url, clinician, operator, viewer, self.screenshots)
+        except Exception as exc:  # a missing browser or a view that did not fill: said, and the demo goes on
+            say(f"  screenshots: FAILED: {exc}")
+            return
+        say(f"  screenshots: {', '.join(str(p) for p in paths)}")
 
     def _engine(self) -> InferenceEngine:
         from server import InferenceEngine
@@ -378,14 +404,14 @@ class Demo:
         thread."""
         since = time.monotonic()
         fleet = stack.enter_context(DeviceFleet(self.settings.mqtt, credentials))
-        duration = 10.0**9 if self.keep else self.duration_s
+        duration = 10.0**9 if self.live_vitals else self.duration_s
         devices = threading.Thread(target=run, args=(sim, fleet.publish, duration), name="aegle-demo-devices",
                                    kwargs={"realtime": True, "stop": stop, "start": self.started}, daemon=True)
         devices.start()
         tty = sys.stdout.isatty()
         end = time.monotonic() + self.duration_s
         last = time.monotonic()  # without a terminal: a line every 10 s, the first once there is data
-        while time.monotonic() < end if self.keep else devices.is_alive():
+        while time.monotonic() < end if self.live_vitals else devices.is_alive():
             time.sleep(0.5)
             if tty or time.monotonic() - last >= 10:
                 last = time.monotonic()
@@ -395,7 +421,7 @@ class Demo:
                 print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
         if tty:
             print(flush=True)
-        if not self.keep:
+        if not self.live_vitals:
             fleet.flush(10)
         time.sleep(self.settings.ingest.context_publish_interval_s + 0.5)
         self.accepted = worker.metrics.value("aegle_ingest_messages_total", outcome="accepted")
@@ -448,6 +474,9 @@ class Demo:
         login_name = f"demo-login-{secrets.token_hex(4)}"
         login = tokens.create(login_name, "clinician")
         stack.callback(lambda: tokens.revoke(login_name) and log.info("one-time dashboard login revoked"))
+        operator_name = f"demo-operator-{secrets.token_hex(4)}"
+        self.dashboard = (live.url, login, tokens.create(operator_name, "operator"))
+        stack.callback(lambda: tokens.revoke(operator_name))
         say(f"  service: {live.url} (uvicorn; STOW-RS, DICOM over MQTT from edge nodes, result events)")
         if orthanc is not None:
             say(f"  PACS: Orthanc on {LOOPBACK}:{orthanc.port} (DICOMweb, authentication on)")

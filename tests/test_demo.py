@@ -1,6 +1,7 @@
 """``aegle demo`` end to end in its short mode, as a new user runs it: a real Mosquitto, ingest worker, the service
 under uvicorn, an edge node and (inside scripts/test's loopback-only namespace) a real Orthanc; two real-size
-series built from the pyradiomics volumes; the report, pictures, summary and log it leaves in its work directory."""
+series built from the pyradiomics volumes; the report, pictures, summary and log it leaves in its work directory,
+and screenshots of the dashboard's views taken in Debian's Chromium."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d|\b(DEBUG|INFO|WARNING
 
 
 def test_demo_short_mode_writes_a_truthful_self_contained_report(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo"
+    workdir, shots = tmp_path / "demo", tmp_path / "screenshots"
     done = subprocess.run(
-        [sys.executable, "-m", "aegle.cli", "demo", "--duration", "6", "--patients", "2", "--workdir", str(workdir)],
+        [sys.executable, "-m", "aegle.cli", "demo", "--duration", "6", "--patients", "2", "--workdir", str(workdir),
+         "--screenshots", str(shots)],
         capture_output=True, text=True, timeout=170, env={**os.environ, "AEGLE_INFERENCE__THREADS": "1"},
     )
     out = done.stdout
@@ -73,6 +75,11 @@ def test_demo_short_mode_writes_a_truthful_self_contained_report(tmp_path: Path)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import""", report)
     assert report.count("src='data:image/png;base64,") == 6 and report.count("<svg") == 2
     assert "Not for diagnostic use" in report and "missing channels" in report
+    # The dashboard's views in Chromium (the README's pictures), each filled in, not blank.
+    for view in ("ward", "studies", "viewer", "operator"):
+        image = np.asarray(Image.open(shots / f"{view}.png").convert("L"))
+        assert image.shape[1] == 1280 and image.shape[0] >= 860 and image.std() > 20, view
+    assert f"screenshots: {shots / 'ward.png'}" in out
     # Only the synthetic patients are named.
     assert set(re.findall(r"enc-\d{4}", out + report)) <= {"enc-0001", "enc-0002"}
 
