@@ -179,10 +179,11 @@ class WardFeed:
             self.error = None
             events.append({"type": "status", "error": None})
         changed: list[dict[str, Any]] = []
-        touched = self._add(samples)
+        self._add(samples)
         self._watermark_ms = max([self._watermark_ms or since, *(s.t_ms for s in samples)])
         full = time.monotonic() >= self._context_due
-        if full:  # contexts slide with time: recompute every patient's now and then, not only the touched ones
+        if full:  # contexts (medians over the window) move slowly: every patient's is recomputed every 2 s, values
+            # on every read (at 1 Hz per patient, recomputing on every new sample cost 4× the CPU)
             self._context_due = time.monotonic() + 2.0
         for patient_id in list(self._latest):
             newest = max(r.t_ms for r in self._latest[patient_id].values())
@@ -194,7 +195,7 @@ class WardFeed:
                 if gone is not None:
                     events.append({"type": "removed", "patient_id": patient_id})
                 continue
-            view = self._view(patient_id, now_ms, full or patient_id in touched)
+            view = self._view(patient_id, now_ms, full)
             if view != self._views.get(patient_id):
                 with self._lock:
                     self._views[patient_id] = view
@@ -203,8 +204,8 @@ class WardFeed:
             events.append({"type": "patients", "now_ms": now_ms, "patients": changed})
         return events
 
-    def _add(self, samples: list[Sample]) -> set[str]:
-        touched = self._cache.add(samples)
+    def _add(self, samples: list[Sample]) -> None:
+        self._cache.add(samples)
         for s in samples:
             sign = BY_CODE.get(s.code)
             if sign is None or sign.key not in CHANNELS:
@@ -216,7 +217,6 @@ class WardFeed:
             self._site[s.patient_id] = s.site
             with self._lock:
                 self._trend(s.patient_id, sign.key, s.t_ms, s.value)
-        return touched
 
     def _trend(self, patient_id: str, channel: str, t_ms: int, value: float) -> None:
         """Keep the newest value per :data:`TREND_BUCKET_MS` over the window (late samples are left out)."""
