@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aegle.enhance import parse_vitals
 from core import Settings, configure_logging
@@ -128,24 +128,28 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 _TRAINER_PROG = re.compile(r"python -m gan\.train(?:_classifier|_hybrid)?(?: enhancer)?")
 
 
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    """Train a model family (``aegle train FAMILY --help`` lists its options), as its ``python -m`` command does.
+class _Renamed(io.TextIOBase):
+    """A text stream that writes the trainer's ``python -m`` name as ``aegle train FAMILY`` (help and usage)."""
 
-    With ``-h``/``--help`` the trainer's parser prints its help and exits before any training: the help is shown
-    with this command's name in place of the trainer's ``python -m`` one.
-    """
+    def __init__(self, target: TextIO, family: str) -> None:
+        self.target, self.name = target, f"aegle train {family}"
+
+    def write(self, text: str) -> int:
+        self.target.write(_TRAINER_PROG.sub(self.name, text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train a model family (``aegle train FAMILY --help`` lists its options), as its ``python -m`` command does;
+    its help, usage and option errors name this command instead of the trainer's ``python -m`` one."""
     from gan import run_trainer
 
-    if not {"-h", "--help"} & set(args.options):
+    with (contextlib.redirect_stdout(_Renamed(sys.stdout, args.family)),
+          contextlib.redirect_stderr(_Renamed(sys.stderr, args.family))):  # fmt: skip
         return run_trainer(args.family, args.options)
-    help_text = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(help_text):
-            status = run_trainer(args.family, args.options)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 0
-    print(_TRAINER_PROG.sub(f"aegle train {args.family}", help_text.getvalue()), end="")
-    return status
 
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:

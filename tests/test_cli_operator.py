@@ -52,6 +52,10 @@ def test_help_works_everywhere_and_names_the_program_aegle() -> None:
         usage = " ".join(["aegle", *words])
         assert done.stdout.startswith(f"usage: {usage}"), (words, done.stdout[:200])
         assert "python -m" not in done.stdout.split("\n\n")[0], words  # the usage names aegle, not the module
+    for family, *task in (("enhancer",), ("classifier", "triage"), ("hybrid-gan",)):  # option errors name aegle
+        done = aegle("train", family, *task, "--bogus")
+        assert done.returncode == 2 and "python -m" not in done.stderr, (family, done.stderr)
+        assert f"aegle train {family}: error: unrecognized arguments: --bogus" in done.stderr, done.stderr
 
 
 def test_models_list_and_show(model_root: Path, tmp_path: Path) -> None:
