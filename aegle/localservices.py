@@ -286,6 +286,7 @@ class VictoriaMetrics(LocalService):
 
 
 ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb
+ORTHANC_POSTGRESQL_INDEX_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")  # orthanc-postgresql
 
 
 def network_interfaces() -> list[str]:
@@ -310,6 +311,11 @@ class Orthanc(LocalService):
     ``stable_age`` is Orthanc's ``StableAge``: seconds without a new instance before a series counts as stable
     (Orthanc's default is 60). Orthanc listens on every interface and cannot be restricted to loopback, so
     :meth:`start` refuses unless this process runs in a loopback-only network namespace.
+
+    ``index_url`` (a libpq connection URI, e.g. ``postgresql:///orthanc?host=/var/run/postgresql&user=orthanc``)
+    keeps the index in PostgreSQL through Debian's ``orthanc-postgresql`` index plugin instead of a SQLite file,
+    with the plugin's database lock off, so several Orthanc processes can share it; they must then share
+    ``storage`` too, the directory of the DICOM files (default: ``workdir/storage``).
     """
 
     name = "orthanc"
@@ -321,8 +327,12 @@ class Orthanc(LocalService):
         dicom_port: int | None = None,
         users: dict[str, str] | None = None,
         stable_age: int = 60,
+        index_url: str | None = None,
+        storage: Path | None = None,
     ) -> None:
         super().__init__(workdir, port)
+        self.index_url = index_url
+        self.storage = Path(storage).resolve() if storage is not None else self.workdir / "storage"
         self.dicom_port = dicom_port or free_port()
         self.users = dict(users) if users else {"aegle": secrets.token_urlsafe(18)}
         if stable_age < 1:
@@ -346,15 +356,17 @@ class Orthanc(LocalService):
 
     def config(self) -> dict[str, object]:
         """The Orthanc configuration this server runs with."""
-        if not ORTHANC_DICOMWEB_PLUGIN.is_file():
-            raise FileNotFoundError(
-                f"{ORTHANC_DICOMWEB_PLUGIN} not found: install the Debian package 'orthanc-dicomweb'"
-            )
-        return {
+        plugins = {ORTHANC_DICOMWEB_PLUGIN: "orthanc-dicomweb"}
+        if self.index_url is not None:
+            plugins[ORTHANC_POSTGRESQL_INDEX_PLUGIN] = "orthanc-postgresql"
+        for plugin, package in plugins.items():
+            if not plugin.is_file():
+                raise FileNotFoundError(f"{plugin} not found: install the Debian package '{package}'")
+        config: dict[str, object] = {
             "Name": "aegle-pacs",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "storage"),
-            "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
+            "StorageDirectory": str(self.storage),
+            "IndexDirectory": str(self.storage),  # the SQLite index (unused with index_url)
+            "Plugins": [str(p) for p in plugins],
             "HttpServerEnabled": True,
             "HttpPort": self.port,
             # Only clients on loopback; with the namespace there is nothing else to reach it anyway.
@@ -380,6 +392,14 @@ class Orthanc(LocalService):
             "HttpThreadsCount": 8,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Servers": {}},
         }
+        if self.index_url is not None:
+            # The plugin's "Lock" would let only one Orthanc use the database; Orthanc ≥ 1.9.2 with plugin 4.0
+            # retries transactions that conflict between processes.
+            config["PostgreSQL"] = {
+                "EnableIndex": True, "EnableStorage": False, "ConnectionUri": self.index_url, "Lock": False,
+                "MaximumConnectionRetries": 10, "ConnectionRetryInterval": 1,
+            }  # fmt: skip
+        return config
 
     def command(self) -> Sequence[str]:
         binary = require("Orthanc", "orthanc")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from core.dicom_chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
@@ -88,6 +89,8 @@ class ContextSettings(BaseModel):
 class ApiSettings(BaseModel):
     """The HTTP inference service (FastAPI)."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused database_url is not repeated in errors
+
     host: str = "127.0.0.1"
     port: int = 8400
     # API tokens are stored hashed (never in clear) in this SQLite file; ``aegle token create`` adds them.
@@ -106,6 +109,29 @@ class ApiSettings(BaseModel):
     queue_timeout_s: float = Field(default=0.0, ge=0)
     # Readiness probes (broker connect, store ping, PACS DICOMweb query) give up after this many seconds.
     probe_timeout_s: float = Field(default=2.0, gt=0)
+    # None: tokens, audit log and study log are the SQLite files above (one replica). A PostgreSQL URL, e.g.
+    # postgresql://aegle@db.example:5432/aegle or postgresql://aegle@/aegle?host=/var/run/postgresql (unix
+    # socket), keeps all three there, shared by every replica (which must then share the token secret too).
+    # Never the password in the URL: database_password or database_password_file.
+    database_url: str | None = None
+    database_password: SecretStr | None = None
+    database_password_file: Path | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("database_url must be a postgresql:// URL")
+        if parts.password is not None or "password=" in parts.query:
+            raise ValueError("database_url must not hold the password: use database_password(_file)")
+        return value
+
+    def database_secret(self) -> str | None:
+        """The database password, if any (none: e.g. peer authentication over the unix socket)."""
+        return read_secret(self.database_password, self.database_password_file)
 
 
 #: Registry names of the models the service serves by default (training writes under the same names).
@@ -308,7 +334,10 @@ class DashboardSettings(BaseModel):
 class Settings(BaseSettings):
     """Every setting of every Aegle process."""
 
-    model_config = SettingsConfigDict(env_prefix="AEGLE_", env_nested_delimiter="__", extra="ignore")
+    # Errors name the setting, never its value (a value may be a secret, e.g. a password put into a URL).
+    model_config = SettingsConfigDict(
+        env_prefix="AEGLE_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()

@@ -162,8 +162,8 @@ def create_app(settings: Settings | None = None, *, engine: InferenceEngine | No
 
         pacs = DicomWebStore(settings.pacs.dicomweb_url, settings.pacs.username, settings.pacs.secret())
     st = ServiceState(
-        settings=settings, engine=engine, tokens=TokenStore.from_settings(api), audit=AuditLog(api.audit_path),
-        studies=StudyLog(api.studies_path), pacs=pacs,
+        settings=settings, engine=engine, tokens=TokenStore.from_settings(api), audit=AuditLog.from_settings(api),
+        studies=StudyLog.from_settings(api), pacs=pacs,
         frames=SeriesFrames(settings.dashboard.frames_path, settings.dashboard.keep_series),
     )  # fmt: skip
     owns_engine = engine is None

@@ -1,39 +1,56 @@
 """Append-only audit log of every read or write of patient data: who, what, which resource, when, from where.
 
-SQLite table with triggers that ``RAISE(ABORT)`` on ``UPDATE`` and ``DELETE``: an entry, once written, cannot be
-changed through SQL. Identifiers (patient id, study/series UID, sha256 of an uploaded image) are stored **as
-they are**: the audit log is the one place they belong — an audit that cannot answer "who read patient X" is
-useless — so the file is created mode 0600 and only the ``admin`` role may query it. Nothing of it is logged.
+A table (SQLite file, or a PostgreSQL database several replicas share) with triggers that refuse ``UPDATE`` and
+``DELETE`` (and, on PostgreSQL, ``TRUNCATE``): an entry, once written, cannot be changed through SQL.
+Identifiers (patient id, study/series UID, sha256 of an uploaded image) are stored **as they are**: the audit log
+is the one place they belong — an audit that cannot answer "who read patient X" is useless — so the file is
+created mode 0600 and only the ``admin`` role may query it. Nothing of it is logged.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
+from core import ApiSettings
+from server.api.database import Database, Schema
+
+_SCHEMA = Schema(
+    tables="""
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    action TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    client TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
+    id {key},
+    at {text} NOT NULL,
+    actor {text} NOT NULL,
+    role {text} NOT NULL,
+    action {text} NOT NULL,
+    resource {text} NOT NULL,
+    client {text} NOT NULL,
+    detail {text} NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_resource ON audit (resource, at);
 CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor, at);
+""",
+    sqlite="""
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=FULL;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused'); END;
-"""
+""",
+    postgresql="""
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit log is append-only: % refused', TG_OP; END $$;
+CREATE OR REPLACE TRIGGER audit_no_update BEFORE UPDATE ON audit
+FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_delete BEFORE DELETE ON audit
+FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+""",
+)
 
 
 @dataclass(frozen=True)
@@ -56,22 +73,21 @@ class AuditEntry:
 class AuditLog:
     """The audit table; thread-safe, every write committed before :meth:`record` returns."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        os.chmod(path, 0o600)
+    def __init__(self, path: Path | str, *, password: str | None = None) -> None:
+        """``path``: the SQLite file, or a ``postgresql://`` URL (``password``: the database's)."""
+        self._db = Database(path, _SCHEMA, password)
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> AuditLog:
+        """The log in ``settings.database_url``, else at ``settings.audit_path``."""
+        return cls(settings.database_url or settings.audit_path, password=settings.database_secret())
 
     def record(self, actor: str, role: str, action: str, resource: str, client: str, detail: str = "") -> None:
         """Append one entry (durable on return)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO audit (at, actor, role, action, resource, client, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (datetime.now(UTC).isoformat(), actor, role, action, resource, client, detail),
-            )
+        self._db.execute(
+            "INSERT INTO audit (at, actor, role, action, resource, client, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (datetime.now(UTC).isoformat(), actor, role, action, resource, client, detail),
+        )
 
     def query(
         self,
@@ -110,10 +126,8 @@ class AuditLog:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY id{' DESC' if newest_first else ''} LIMIT ?"
         params.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
-        return [AuditEntry(*r) for r in rows]
+        return [AuditEntry(*r) for r in self._db.query(sql, params)]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the database connection."""
+        self._db.close()

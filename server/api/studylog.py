@@ -3,43 +3,44 @@
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
+from core import ApiSettings
+from server.api.database import Database, Schema
+
+_SCHEMA = Schema("""
 CREATE TABLE IF NOT EXISTS series_results (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    source_series_uid TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    result TEXT NOT NULL
+    id {key},
+    at {text} NOT NULL,
+    study_uid {text} NOT NULL,
+    source_series_uid {text} NOT NULL,
+    outcome {text} NOT NULL,
+    result {text} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS series_results_study ON series_results (study_uid, id);
-"""
+""")
 
 
 class StudyLog:
-    """SQLite record of processed series; thread-safe."""
+    """Record of processed series (SQLite file or shared PostgreSQL database); thread-safe."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.executescript(_SCHEMA)
-        os.chmod(path, 0o600)
+    def __init__(self, path: Path | str, *, password: str | None = None) -> None:
+        """``path``: the SQLite file, or a ``postgresql://`` URL (``password``: the database's)."""
+        self._db = Database(path, _SCHEMA, password)
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> StudyLog:
+        """The log in ``settings.database_url``, else at ``settings.studies_path``."""
+        return cls(settings.database_url or settings.studies_path, password=settings.database_secret())
 
     def record(self, study_uid: str, source_series_uid: str, outcome: str, result: dict[str, Any]) -> None:
         """Add one series result (``outcome``: processed / failed)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO series_results (at, study_uid, source_series_uid, outcome, result) VALUES (?, ?, ?, ?, ?)",
-                (datetime.now(UTC).isoformat(), study_uid, source_series_uid, outcome, json.dumps(result)),
-            )
+        self._db.execute(
+            "INSERT INTO series_results (at, study_uid, source_series_uid, outcome, result) VALUES (?, ?, ?, ?, ?)",
+            (datetime.now(UTC).isoformat(), study_uid, source_series_uid, outcome, json.dumps(result)),
+        )
 
     def list(self, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Most recent results first, optionally of one study."""
@@ -50,13 +51,11 @@ class StudyLog:
             params.append(study_uid)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
         return [
             {"at": at, "study_uid": study, "source_series_uid": series, "outcome": outcome, "result": json.loads(r)}
-            for at, study, series, outcome, r in rows
+            for at, study, series, outcome, r in self._db.query(sql, params)
         ]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the database connection."""
+        self._db.close()

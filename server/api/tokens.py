@@ -12,8 +12,6 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -21,21 +19,22 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from core import ApiSettings
+from server.api.database import Database, IntegrityError, Schema
 
 Role = Literal["device", "clinician", "operator", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_PREFIX = "aegle_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
-_SCHEMA = """
+_SCHEMA = Schema("""
 CREATE TABLE IF NOT EXISTS tokens (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    digest TEXT NOT NULL UNIQUE,
-    created TEXT NOT NULL,
-    revoked TEXT
+    name {text} PRIMARY KEY,
+    role {text} NOT NULL,
+    digest {text} NOT NULL UNIQUE,
+    created {text} NOT NULL,
+    revoked {text}
 );
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,17 @@ class TokenInfo:
 
 
 def server_secret(settings: ApiSettings) -> bytes:
-    """The HMAC key: ``token_secret`` if set, else the contents of ``token_secret_file`` (created if missing)."""
+    """The HMAC key: ``token_secret`` if set, else the contents of ``token_secret_file`` — created if missing,
+    unless the tokens live in a shared database (``database_url``): replicas must share one secret, so a missing
+    file is an error there rather than a new secret of this replica's own."""
     if settings.token_secret is not None:
         return settings.token_secret.get_secret_value().encode()
     path = settings.token_secret_file
+    if not path.exists() and settings.database_url is not None:
+        raise FileNotFoundError(
+            f"token secret file {path} does not exist: with a shared database (database_url) every replica needs "
+            "the same secret; set token_secret or provide token_secret_file"
+        )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -74,22 +80,24 @@ def server_secret(settings: ApiSettings) -> bytes:
 
 
 class TokenStore:
-    """SQLite table of hashed tokens; thread-safe."""
+    """Table of hashed tokens (SQLite file or shared PostgreSQL database); thread-safe.
 
-    def __init__(self, path: Path, secret: bytes) -> None:
+    Every check reads the table (nothing is cached), so a token revoked through one replica is refused by every
+    replica sharing the database from the next request on.
+    """
+
+    def __init__(self, path: Path | str, secret: bytes, *, password: str | None = None) -> None:
+        """``path``: the SQLite file, or a ``postgresql://`` URL (``password``: the database's)."""
         if len(secret) < 16:
             raise ValueError("the token secret must be at least 16 bytes")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._secret = secret
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.executescript(_SCHEMA)
-        os.chmod(path, 0o600)
+        self._db = Database(path, _SCHEMA, password)
 
     @classmethod
     def from_settings(cls, settings: ApiSettings) -> TokenStore:
-        """The store at ``settings.tokens_path`` keyed by :func:`server_secret`."""
-        return cls(settings.tokens_path, server_secret(settings))
+        """The store at ``settings.database_url`` (else ``settings.tokens_path``) keyed by :func:`server_secret`."""
+        secret = server_secret(settings)
+        return cls(settings.database_url or settings.tokens_path, secret, password=settings.database_secret())
 
     def _digest(self, token: str) -> str:
         return hmac.new(self._secret, token.encode(), sha256).hexdigest()
@@ -102,41 +110,35 @@ class TokenStore:
             raise ValueError(f"token name {name!r} must match {_NAME_RE.pattern}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC).isoformat()
-        with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT INTO tokens (name, role, digest, created) VALUES (?, ?, ?, ?)",
-                    (name, role, self._digest(token), now),
-                )
-            except sqlite3.IntegrityError:
-                raise ValueError(f"a token named {name!r} already exists") from None
+        try:
+            self._db.execute(
+                "INSERT INTO tokens (name, role, digest, created) VALUES (?, ?, ?, ?)",
+                (name, role, self._digest(token), now),
+            )
+        except IntegrityError:
+            raise ValueError(f"a token named {name!r} already exists") from None
         return token
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a valid, unrevoked token, else None."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        with self._lock:
-            row = self._db.execute(
-                "SELECT name, role FROM tokens WHERE digest = ? AND revoked IS NULL", (self._digest(token),)
-            ).fetchone()
-        return Principal(*row) if row else None
+        rows = self._db.query(
+            "SELECT name, role FROM tokens WHERE digest = ? AND revoked IS NULL", (self._digest(token),)
+        )
+        return Principal(*rows[0]) if rows else None
 
     def revoke(self, name: str) -> bool:
         """Revoke the token ``name``; False if there is no such active token."""
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL",
-                (datetime.now(UTC).isoformat(), name),
-            )
-        return cur.rowcount == 1
+        changed = self._db.execute(
+            "UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (datetime.now(UTC).isoformat(), name)
+        )
+        return changed == 1
 
     def list(self) -> list[TokenInfo]:
         """Every token's metadata, by name."""
-        with self._lock:
-            rows = self._db.execute("SELECT name, role, created, revoked FROM tokens ORDER BY name").fetchall()
-        return [TokenInfo(*r) for r in rows]
+        return [TokenInfo(*r) for r in self._db.query("SELECT name, role, created, revoked FROM tokens ORDER BY name")]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the database connection."""
+        self._db.close()
