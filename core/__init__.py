@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "BY_CODE": "core.vitals", "LOINC": "core.vitals", "MAX_PAYLOAD_BYTES": "core.vitals",
     "Observation": "core.vitals", "REJECT_REASONS": "core.vitals", "SCHEMA": "core.vitals", "Sample": "core.vitals",
     "VitalsMessage": "core.vitals", "VitalsRejected": "core.vitals", "dumps_compact": "core.vitals",
+    "AEGLE_CODES": "core.vitals",
     "from_ms": "core.vitals", "parse_samples": "core.vitals", "to_ms": "core.vitals",
 }
 __all__ = sorted(_EXPORTS)

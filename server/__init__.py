@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "row_counts": "server.store.sqlite",
     "MqttResultPublisher": "server.study", "SeriesResult": "server.study", "build_pipeline": "server.study",
     "to_model_space": "server.study",
+    "PRIVATE_CREATOR": "server.study.derived", "PRIVATE_GROUP": "server.study.derived",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, {"decode_image": "decode", "encode_image": "encode"})
