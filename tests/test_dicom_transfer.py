@@ -115,7 +115,7 @@ def test_topics_round_trip_and_refuse_bad_levels() -> None:
     with pytest.raises(ValueError):
         topics.dicom_manifest("s1", "edge/1", tid)
     assert topics.dicom_filter("s1") == "aegle/v1/s1/+/dicom/+/+"
-    assert grants(edge("edge-1", "s1")).publish == ("aegle/v1/s1/edge-1/dicom/+/+",)
+    assert grants(edge("edge-1", "s1")).publish == ("aegle/v1/s1/edge-1/dicom/+/+", "aegle/v1/s1/status/edge/edge-1")
 
 
 def test_manifest_validation_and_chunk_checksums() -> None:
