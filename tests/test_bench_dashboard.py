@@ -23,8 +23,9 @@ def test_dashboard_bench_quick_reports_latency_frames_cpu_and_page_weight() -> N
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is not installed (scripts/setup installs it)")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "bench.dashboard", "--quick"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    # --quick, shortened further (the suite checks that the bench measures, not what it measures).
+    done = subprocess.run([sys.executable, "-m", "bench.dashboard", "--quick", "--seconds", "8", "--baseline-seconds",
+                           "4", "--reloads", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"bench.dashboard --quick took {time.monotonic() - started:.1f} s")
@@ -44,7 +45,7 @@ def test_dashboard_bench_quick_reports_latency_frames_cpu_and_page_weight() -> N
     assert 0 < out["vitals_to_page_dom_p50_s"] <= out["vitals_to_page_p50_s"]  # DOM insertion, then its frame
     assert 0 <= out["server_to_page_p50_s"] <= out["server_to_page_p95_s"] < 60
     assert 0 < out["first_row_s"] <= out["first_render_s"] < 60
-    assert all(0 < s < 60 for s in out["first_render_warm_s"]) and len(out["first_render_warm_s"]) == 3
+    assert all(0 < s < 60 for s in out["first_render_warm_s"]) and len(out["first_render_warm_s"]) == 1
     # Frames: a rAF loop ran through the window (a headless page still draws at its display rate).
     assert 0 < out["frames"] <= out["frames_expected"] + 5 and 0 < out["frame_interval_ms"] < 100
     assert out["dropped_frames"] >= 0 and 0 <= out["dropped_frame_share"] <= 1
