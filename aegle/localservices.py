@@ -211,6 +211,20 @@ class Mosquitto(LocalService):
         if refused:
             raise RuntimeError(f"the broker refused to register accounts: {refused}")
 
+    def restart(self, timeout: float = 20.0) -> Mosquitto:
+        """A graceful restart on the same port: SIGTERM (the broker writes its persistence file on the way out),
+        then start again; it restores sessions, queued messages and retained messages from that file."""
+        self.stop()
+        self.start(timeout)
+        return self
+
+    def kill(self) -> None:
+        """A crash: SIGKILL and wait. :meth:`start` then restores what the last autosave wrote
+        (``autosave_interval`` in ``core/mosquitto-policy.conf``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def config_text(self) -> str:
         """The mosquitto.conf this broker runs with."""
         lines = [

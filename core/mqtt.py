@@ -4,7 +4,8 @@
   it to ``cfg``'s host and port with its keepalive, returning with the broker's answer (:func:`connect_nowait`:
   without waiting for it); :func:`disconnect` stops it. :func:`subscribe` subscribes and returns the SUBACK;
   :func:`probe` logs in and out again for readiness checks.
-* :class:`MqttPublisher` publishes QoS 1 with a bounded backlog (devices, the edge forwarder, benchmarks, tests).
+* :class:`MqttPublisher` publishes QoS 1 with a bounded backlog (devices, the edge forwarder, benchmarks, tests),
+  optionally publishing again what the broker answered "No matching subscribers".
 * :class:`PersistentSubscriber` holds one QoS 1 subscription in a persistent session and acknowledges in batches
   (the ingest worker and the DICOM assembler).
 """
@@ -30,6 +31,7 @@ from core.settings import MqttSettings
 _PUBACK = struct.Struct("!BBH")
 _Client = TypeVar("_Client", bound=mqtt.Client)
 MAX_REFUSALS_KEPT = 10_000
+NO_MATCHING_SUBSCRIBERS = 0x10  # MQTT v5 PUBACK reason code: accepted, but no subscription matched, so dropped
 
 
 class MqttConnectError(ConnectionError):
@@ -183,6 +185,16 @@ def broker_confirmed(info: mqtt.MQTTMessageInfo, timeout: float = 30.0) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A publish as handed to paho, kept until acknowledged (to publish it again after a 0x10 answer)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    properties: Properties | None
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """A publish the broker acknowledged with a failure reason code (MQTT v5 PUBACK >= 0x80)."""
 
@@ -200,17 +212,36 @@ class MqttPublisher:
     PUBACK. MQTT v5 brokers refuse a publish with a PUBACK reason code (0x87 "Not authorized" when the ACL denies
     the topic); those refusals are recorded in :attr:`refused`, not lost.
 
+    A QoS 1 publish that no subscription matches is acknowledged with reason code 0x10 "No matching subscribers"
+    and dropped by the broker. With ``unmatched_retry_s`` such a message keeps its backlog slot and is published
+    again every ``unmatched_retry_s`` seconds until a subscriber takes it (:attr:`unmatched` counts the 0x10
+    answers): a vitals device does so, because Mosquitto 2.0.11 does not restore the ingest workers' shared
+    subscription after a restart, and until each worker has reconnected and subscribed again nothing matches.
+    None (the default: ``cfg.unmatched_retry_s``, itself None unless set): 0x10 counts as acknowledged, MQTT's
+    own semantics (result events, statuses).
+
     Connects in the constructor with the login of ``cfg`` (:class:`MqttConnectError` with the broker's reason on
     failure), then paho reconnects by itself. Use as a context manager or call :meth:`close`.
     """
 
     def __init__(
-        self, cfg: MqttSettings, client_id: str, max_backlog: int = 1000, connect_timeout: float = 10.0
+        self,
+        cfg: MqttSettings,
+        client_id: str,
+        max_backlog: int = 1000,
+        connect_timeout: float = 10.0,
+        unmatched_retry_s: float | None = None,
     ) -> None:
         if not 1 <= max_backlog <= 65_535:
             raise ValueError("max_backlog must be within [1, 65535]")
+        if unmatched_retry_s is None:
+            unmatched_retry_s = cfg.unmatched_retry_s
+        elif unmatched_retry_s <= 0:
+            raise ValueError("unmatched_retry_s must be positive (or None)")
         self.client_id = client_id
         self.max_backlog = max_backlog
+        self.unmatched_retry_s = unmatched_retry_s
+        self.unmatched = 0  # 0x10 "No matching subscribers" answers (each published again when retrying)
         self.refused: list[Refusal] = []  # the first MAX_REFUSALS_KEPT refusals
         self.refused_count = 0
         self.published = 0
@@ -219,8 +250,13 @@ class MqttPublisher:
         self._slots = threading.Semaphore(max_backlog)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._pending: dict[int, tuple[str, int]] = {}  # mid -> (topic, qos) awaiting on_publish
+        self._pending: dict[int, _Outgoing] = {}  # mid -> message awaiting on_publish
         self._early: dict[int, ReasonCode | None] = {}  # on_publish that ran before publish() recorded the mid
+        self._unmatched: list[_Outgoing] = []  # answered 0x10, to be published again (holding their slots)
+        self._closing = threading.Event()
+        self._retrier: threading.Thread | None = None
+        if unmatched_retry_s is not None:
+            self._retrier = threading.Thread(target=self._retry_unmatched, name=f"{client_id}-retry", daemon=True)
 
         client = new_client(cfg, client_id)
         # The semaphore bounds the backlog. paho's own limit would rescan every outstanding message on each PUBACK
@@ -230,6 +266,8 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         self._client = connect(client, cfg, connect_timeout)
+        if self._retrier is not None:
+            self._retrier.start()
 
     # -- paho callbacks (network thread) -------------------------------------------------------------------
 
@@ -238,7 +276,7 @@ class MqttPublisher:
     ) -> None:
         # QoS 0 messages still queued when the connection drops are discarded by paho without an on_publish.
         with self._lock:
-            lost = [mid for mid, (_, qos) in self._pending.items() if qos == 0]
+            lost = [mid for mid, out in self._pending.items() if out.qos == 0]
             for mid in lost:
                 del self._pending[mid]
         for _ in lost:
@@ -250,10 +288,21 @@ class MqttPublisher:
             if entry is None:
                 self._early[mid] = reason
                 return
-            self._record(entry[0], mid, reason)
-        self._done()
+            finished = self._settle(entry, mid, reason)
+        if finished:
+            self._done()
 
     # -- internals -----------------------------------------------------------------------------------------
+
+    def _settle(self, out: _Outgoing, mid: int, reason: ReasonCode | None) -> bool:
+        """Count an acknowledgement, or keep a 0x10 answer for publishing again; True when the slot is free
+        (``self._lock`` held)."""
+        if reason is not None and reason.value == NO_MATCHING_SUBSCRIBERS and self.unmatched_retry_s is not None:
+            self.unmatched += 1
+            self._unmatched.append(out)
+            return False
+        self._record(out.topic, mid, reason)
+        return True
 
     def _record(self, topic: str, mid: int, reason: ReasonCode | None) -> None:
         """Count an acknowledgement (``self._lock`` held)."""
@@ -266,15 +315,39 @@ class MqttPublisher:
     def _done(self) -> None:
         self._slots.release()
         with self._lock:
-            if not self._pending:
+            if not self._pending and not self._unmatched:
                 self._idle.notify_all()
+
+    def _retry_unmatched(self) -> None:
+        """Publish the messages answered 0x10 again, every ``unmatched_retry_s`` seconds, until closed."""
+        assert self.unmatched_retry_s is not None
+        while not self._closing.wait(self.unmatched_retry_s):
+            with self._lock:
+                due, self._unmatched = self._unmatched, []
+            for out in due:
+                info = self._client.publish(out.topic, out.payload, out.qos, properties=out.properties)
+                self._track(out, info.mid)
+
+    def _track(self, out: _Outgoing, mid: int) -> None:
+        """Record a message handed to paho as ``mid`` (its slot already taken), or settle it at once if its
+        acknowledgement came first."""
+        with self._lock:
+            if mid in self._early:
+                finished = self._settle(out, mid, self._early.pop(mid))
+            else:
+                self._pending[mid] = out
+                self.peak_backlog = max(self.peak_backlog, len(self._pending) + len(self._unmatched))
+                finished = False
+        if finished:
+            self._done()
 
     # -- public API ----------------------------------------------------------------------------------------
 
     @property
     def backlog(self) -> int:
-        """Messages handed to paho and not yet acknowledged."""
-        return len(self._pending)
+        """Messages handed to paho and not yet acknowledged (or answered 0x10 and waiting to be published again)."""
+        with self._lock:
+            return len(self._pending) + len(self._unmatched)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, properties: Properties | None = None) -> int:
         """Publish, blocking while ``max_backlog`` messages are unacknowledged; returns the packet id (mid).
@@ -292,28 +365,23 @@ class MqttPublisher:
         ):
             self._slots.release()
             raise RuntimeError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        mid = info.mid
         with self._lock:
             self.published += 1
-            if mid in self._early:
-                self._record(topic, mid, self._early.pop(mid))
-                finished = True
-            else:
-                self._pending[mid] = (topic, qos)
-                self.peak_backlog = max(self.peak_backlog, len(self._pending))
-                finished = False
-        if finished:
-            self._done()
-        return mid
+        self._track(_Outgoing(topic, payload, qos, properties), info.mid)
+        return info.mid
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every published message is acknowledged; False if ``timeout`` seconds pass first."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._pending, timeout)
+            return self._idle.wait_for(lambda: not self._pending and not self._unmatched, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush (up to ``timeout`` seconds), disconnect and stop the network thread."""
+        """Flush (up to ``timeout`` seconds), disconnect and stop the network thread (and the retries: what
+        still waits for a subscriber then is given up)."""
         self.flush(timeout)
+        self._closing.set()
+        if self._retrier is not None:
+            self._retrier.join(10)
         disconnect(self._client)
 
     def __enter__(self) -> MqttPublisher:

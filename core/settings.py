@@ -38,6 +38,11 @@ class MqttSettings(BaseModel):
     password_file: Path | None = None
     tls: bool = False
     keepalive: int = 30
+    # Publishers (core.mqtt.MqttPublisher): seconds after which a QoS 1 message the broker answered 0x10 "No
+    # matching subscribers" (and dropped) is published again, until a subscriber takes it; None: it counts as
+    # acknowledged. Set it for devices: after a broker restart Mosquitto 2.0.11 has no ingest subscription until
+    # the workers are back (docs/vitals.md, *Delivery guarantees*).
+    unmatched_retry_s: float | None = Field(default=None, gt=0)
 
     def secret(self) -> str | None:
         return read_secret(self.password, self.password_file)

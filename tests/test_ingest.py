@@ -503,3 +503,33 @@ def test_each_wake_up_reads_the_buffered_packets_up_to_the_limit() -> None:
         client._sock = None
         left.close()
         right.close()
+
+
+def test_a_device_publishes_again_what_no_subscription_matched(broker: Mosquitto, tmp_path: Path) -> None:
+    """Mosquitto answers a QoS 1 publish that matches no subscription with PUBACK 0x10 and drops it (what happens
+    after a broker restart until the workers have subscribed again: tests/test_broker_restart.py); a publisher
+    with ``unmatched_retry_s`` keeps such messages and publishes them again until a worker takes them."""
+    messages = stream(20)
+    settings = ingest_settings(broker, tmp_path, worker_id="late")
+    db = settings.store.sqlite_path
+    retrying = MqttPublisher(broker.mqtt_settings("aegle-test"), "aegle-test-retry", unmatched_retry_s=0.2)
+    plain = publisher(broker)
+    worker = None
+    try:
+        for topic, payload in messages[:10]:
+            retrying.publish(topic, payload)
+        for topic, payload in messages[10:]:
+            plain.publish(topic, payload)
+        assert plain.flush(10) and plain.acknowledged == 10  # acknowledged... and dropped: nobody subscribed
+        wait_for(lambda: retrying.unmatched >= 10, 10, "the broker's 0x10 answers")
+        assert not retrying.flush(0.5) and retrying.backlog == 10  # held, published again every 0.2 s
+        worker = IngestWorker(settings).start()
+        assert retrying.flush(10), "the retried messages were never taken"
+        wait_for(lambda: row_counts(db)[1] >= 10, 10, "the retried messages stored")
+        time.sleep(0.5)
+    finally:
+        retrying.close()
+        plain.close()
+        if worker is not None:
+            worker.stop()
+    assert row_counts(db) == (10, 10)  # exactly the retried ones; the plain publisher's were dropped by the broker
