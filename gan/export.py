@@ -38,6 +38,7 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "TensorRTUnavailable",
+    "architecture_fingerprint",
     "choose_backend",
     "compile_tensorrt",
     "default_dynamic_axes",
@@ -49,6 +50,29 @@ __all__ = [
 
 ONNX_OPSET = 17
 BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def architecture_fingerprint(architecture: str) -> str:
+    """12 hex digits of sha256 over the source file of a registry architecture's class and :data:`ONNX_OPSET`.
+
+    What shapes an exported graph besides the weights (e.g. the enhancer's bicubic base moved from ONNX ``Resize``
+    to a fixed conv: same values, other graph), so an export cache keyed by weights sha256 and this fingerprint
+    never serves an export made by older code. Read without importing the module (no torch): the serving image
+    looks its cache entries up without torch; the exporting torch's version goes into the entry's manifest.
+    """
+    import importlib.util
+
+    from gan.models import ARCHITECTURES
+
+    try:
+        module = ARCHITECTURES[architecture].split(":")[0]
+    except KeyError:
+        raise KeyError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"source of {module} not found")
+    source = Path(spec.origin).read_bytes()
+    return hashlib.sha256(source + f"opset={ONNX_OPSET}".encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- ONNX export
@@ -266,6 +290,12 @@ class TensorRTUnavailable(RuntimeError):
 
 def tensorrt_unavailable_reason() -> str | None:
     """Why TensorRT is unusable here, or ``None`` if a CUDA GPU and ``torch_tensorrt`` are both present."""
+    try:
+        torch_found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked by an import hook, or a broken install
+        torch_found = False
+    if not torch_found:  # the serving image: ONNX Runtime only
+        return "torch is not installed (ONNX Runtime only)"
     import torch
 
     reasons = []

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
 
 __all__ = [
     "CHECKERBOARD_HALF_WIDTH",
@@ -154,6 +153,8 @@ def ssim(
     c1 = (k1 * r) ** 2
     c2 = (k2 * r) ** 2
 
+    from scipy import ndimage  # here, not at module level: gan.models.enhancer imports this module
+
     def filt(z: FloatArray) -> FloatArray:
         return ndimage.gaussian_filter(z, sigma=sigma, truncate=truncate, mode="reflect")
 
@@ -284,6 +285,8 @@ def noise_sigma(img: ArrayLike) -> float:
     x = _as_image(img, "img")
     if x.shape[0] < 3 or x.shape[1] < 3:
         raise ValueError(f"noise_sigma needs at least 3×3 pixels, got spatial shape {x.shape[:2]}")
+    from scipy import ndimage
+
     mask = np.array(IMMERKAER_MASK)
     responses = [np.abs(ndimage.correlate(c, mask))[1:-1, 1:-1].mean() for c in _channels(x)]
     return float(np.mean(responses)) * IMMERKAER_SCALE
@@ -321,6 +324,8 @@ def tissue_mask(image: ArrayLike) -> NDArray[np.bool_]:
     if hi <= lo:
         return np.zeros(x.shape, dtype=bool)
     above = x > lo + TISSUE_LEVEL * (hi - lo)
+    from scipy import ndimage
+
     r = TISSUE_CLOSING_RADIUS
     ball = ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), r)
     closed = ndimage.binary_closing(np.pad(above, r), structure=ball)[r:-r, r:-r]

@@ -48,6 +48,7 @@ __all__ = [
     "sha256_file",
     "state_dict_sha256",
     "update_card",
+    "verified_card",
 ]
 
 DEFAULT_ROOT = Path(__file__).resolve().parent / "weights"
@@ -247,6 +248,25 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
         return ModelCard.model_validate_json(text)
     except ValidationError as exc:
         raise ModelCardError(f"{path}: invalid model card:\n{exc}") from None
+
+
+def verified_card(root: str | os.PathLike[str] | None, name: str) -> ModelCard:
+    """The card of ``<root>/<name>`` once the weights file's sha256 matches it, without loading the weights (no
+    torch): what a server that runs an export of these weights (an ONNX file keyed by that sha256) checks."""
+    directory = _model_dir(root, name)
+    card = load_card(directory / CARD_FILE)
+    if card.name != name:
+        raise ModelCardError(f"{directory / CARD_FILE}: card name {card.name!r} does not match directory {name!r}")
+    weights = directory / WEIGHTS_FILE
+    try:
+        actual = sha256_file(weights)
+    except FileNotFoundError:
+        raise WeightsIntegrityError(f"{weights}: weights file not found") from None
+    if actual != card.sha256:
+        raise WeightsIntegrityError(
+            f"{weights}: sha256 mismatch (card says {card.sha256}, file is {actual}); refusing to load"
+        )
+    return card
 
 
 def load_model(

@@ -7,6 +7,7 @@ meanwhile is deterministic; the inference itself is real.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,15 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from core.settings import DEFAULT_ENHANCER as ENHANCER
 from core.settings import DEFAULT_QUALITY_ENHANCER as QUALITY
 from core.settings import DEFAULT_TRIAGE as TRIAGE
 from core.settings import InferenceSettings, Settings
-from gan.export import TensorRTUnavailable, tensorrt_unavailable_reason
+from gan.export import TensorRTUnavailable, architecture_fingerprint, tensorrt_unavailable_reason
 from gan.registry import load_model
 from server.inference import InferenceEngine, MicroBatcher, ModelMissing, QueueFull, role_paths
-from server.inference.backends import TorchBackend, graph_fingerprint, onnx_path, resolve
+from server.inference.backends import TorchBackend, manifest_path, onnx_path, resolve
 from server.inference.engine import LoadedModel
 from tests.api_support import (
     QUALITY_CONFIG,
@@ -191,14 +193,20 @@ def test_onnx_export_is_cached_by_weights_sha256(model_root: Path, tmp_path: Pat
     settings = inference_settings(model_root, tmp_path / "cache")
     first = InferenceEngine.from_settings(settings, roles=("enhancer",), warm_up=False)
     first.close()
-    card, model = first.model(ENHANCER).card, first.model(ENHANCER).module
-    path = onnx_path(settings.cache_dir, card, model)
-    assert path.name == f"{ENHANCER}-{card.sha256}-{graph_fingerprint(model)}.onnx" and path.is_file()
+    card = first.model(ENHANCER).card
+    assert first.model(ENHANCER).module is None  # served from the entry just written, as a later start will be
+    path = onnx_path(settings.cache_dir, card)
+    fingerprint = architecture_fingerprint("enhancer")  # the architecture's source, read without torch
+    assert path.name == f"{ENHANCER}-{card.sha256}-{fingerprint}.onnx" and path.is_file()
+    manifest = json.loads(manifest_path(settings.cache_dir, card).read_text())
+    assert manifest["sha256"] == card.sha256 and manifest["exporter"]["torch"] == torch.__version__
+    assert manifest["alpha"] is not None and manifest["receptive_radius"] == first.model(ENHANCER).receptive_radius
     stamp = path.stat().st_mtime_ns
     second = InferenceEngine.from_settings(settings, roles=("enhancer",), warm_up=False)
     second.close()
     assert path.stat().st_mtime_ns == stamp  # reused, not re-exported
-    assert [p.name for p in settings.cache_dir.iterdir()] == [path.name]  # no staging files left
+    names = sorted(p.name for p in settings.cache_dir.iterdir())  # no staging files left
+    assert names == sorted([path.name, path.name.replace(".onnx", ".alpha.onnx"), path.name.replace(".onnx", ".json")])
 
 
 def test_backend_choice_here_and_tensorrt_refused_with_the_reason(model_root: Path, tmp_path: Path) -> None:

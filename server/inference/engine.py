@@ -5,13 +5,17 @@ or ``settings.weights_dir``): the enhancer each input path uses (``settings.live
 choose the ``fast`` operating point, ``settings.enhancer``, or the ``quality`` one, ``settings.quality_enhancer``;
 see :func:`role_paths`) and ``settings.triage``, each with the version it must have. It picks the backend
 (``auto``: TensorRT with CUDA, else ONNX Runtime on CPU; ``torch`` / ``onnxruntime`` / ``tensorrt`` force one),
-warms each model up and starts the :class:`~server.inference.batcher.MicroBatcher`. A model that is not in the
+warms each model up and starts the :class:`~server.inference.batcher.MicroBatcher`. On ONNX Runtime a model whose
+export cache entry is complete (ONNX + manifest, keyed by the weights' sha256, which is checked against the card)
+is served without torch (:meth:`InferenceEngine.from_cache`): the serving image has none; only otherwise is the torch
+module built and exported. A model that is not in the
 registry is recorded in :attr:`InferenceEngine.missing` with the reason (``/readyz`` reports it) instead of
 stopping the service.
 
 "Strength": the enhancer's adaptive ``α = 2σ(MLP(context))`` per residual block (1 = the unconditioned
 residual, < 1 softer, > 1 stronger); :class:`EnhanceOutput` reports their mean as ``strength`` and each block's
-value in ``alphas``. Models without one α per block report ``strength=None``: ``"film"``, ``"none"`` and
+value in ``alphas`` (on ONNX Runtime from the exported α head, else from the torch module). Models without one α
+per block report ``strength=None``: ``"film"``, ``"none"`` and
 ``"gated"`` conditioning (the shipped quality model: α is a per-pixel map that the image's features and the context set
 together, so no single value per block describes it).
 """
@@ -116,15 +120,22 @@ class EnhanceOutput:
 
 @dataclass
 class LoadedModel:
-    """One served model: its card, the torch module (kept for α and parity) and the backend that runs it.
+    """One served model: its card, the torch module (torch and TensorRT backends; None on ONNX Runtime, which
+    serves from the export cache without torch) and the backend that runs it.
 
     ``receptive_radius``: input pixels an output pixel depends on (enhancers; ``None``: not local, not tileable).
+    ``size_multiple``: input sides must be multiples of it (None: the module's ``size_multiple``, else 1).
     """
 
     card: ModelCard
-    module: nn.Module
+    module: nn.Module | None
     backend: Backend
     receptive_radius: int | None = None
+    size_multiple: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_multiple is None:
+            self.size_multiple = int(getattr(self.module, "size_multiple", 1))
 
     @property
     def name(self) -> str:
@@ -193,15 +204,16 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Load the models of ``roles`` (None: every role some path uses, :func:`role_paths`) from the registry on
         the configured backend, each model once; a missing model, or one whose card has another version than the
-        setting asks, is recorded with the reason, not fatal."""
-        import torch
+        setting asks, is recorded with the reason, not fatal.
 
-        from gan import ParityError, RegistryError, load_model
+        ONNX Runtime: the card is read and the weights' sha256 checked against it, then a complete export cache
+        entry (ONNX + manifest, keyed by that sha256) is served without importing torch; only without one is the
+        torch module built from the weights and exported (:meth:`serve`)."""
+        from gan import ParityError, RegistryError, verified_card
 
         if settings.threads:
             from threadpoolctl import threadpool_limits
 
-            torch.set_num_threads(settings.threads)
             # numpy's BLAS too: the DICOM pixel mapping (bicubic as two GEMMs) runs in the same process.
             threadpool_limits(limits=settings.threads, user_api="blas")
         backend = resolve(settings.backend)
@@ -214,30 +226,68 @@ class InferenceEngine:
             if wanted is None or wanted.name in missing or any(m.name == wanted.name for m in models):
                 continue  # unset, or named by a role before (with the same version: the settings check that)
             try:
-                module, card = load_model(settings.weights_dir, wanted.name)
+                card = verified_card(settings.weights_dir, wanted.name)
                 if wanted.version is not None and card.version != wanted.version:
                     raise ValueError(
                         f"the registry holds version {card.version}, the settings ask for {wanted.version} "
                         f"(AEGLE_INFERENCE__{role.upper()}__VERSION)"
                     )
-                models.append(cls.serve(module, card, backend, settings))
+                loaded = cls.from_cache(card, settings) if backend == "onnxruntime" else None
+                if loaded is None:
+                    loaded = cls.serve(*cls._load_module(settings, backend, wanted.name, card), backend, settings)
+                models.append(loaded)
             except (RegistryError, ParityError, ValueError) as exc:
                 missing[wanted.name] = str(exc)
                 log.error("model %s not served: %s", wanted.name, exc)
         return cls(models, settings, missing, warm_up=warm_up)
 
     @staticmethod
-    def serve(module: nn.Module, card: ModelCard, backend: str, settings: InferenceSettings) -> LoadedModel:
-        """Wrap a loaded registry model in ``backend`` (exporting/compiling as that backend needs)."""
+    def _load_module(
+        settings: InferenceSettings, backend: str, name: str, card: ModelCard
+    ) -> tuple[nn.Module, ModelCard]:
+        """The torch module of ``name`` (the torch path: torch/TensorRT backends, or an ONNX export to make);
+        ``ValueError`` (the model is not served, with the reason) where torch is not installed."""
+        try:
+            import torch
+        except ImportError:
+            need = (f"no complete ONNX export of these weights in {settings.cache_dir} (exporting one needs torch)"
+                    if backend == "onnxruntime" else f"the {backend} backend needs it")  # fmt: skip
+            raise ValueError(f"torch is not installed: {need}") from None
+
+        from gan import load_model
+
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        module, loaded = load_model(settings.weights_dir, name)
+        if loaded.sha256 != card.sha256:
+            raise ValueError(f"{name}: the weights changed while loading (sha256 {card.sha256} → {loaded.sha256})")
+        return module, loaded
+
+    @staticmethod
+    def from_cache(card: ModelCard, settings: InferenceSettings) -> LoadedModel | None:
+        """``card``'s model on ONNX Runtime from a complete export cache entry (no torch), None without one."""
         if card.architecture not in INPUTS:
             raise ValueError(f"{card.name}: architecture {card.architecture!r} is not servable ({sorted(INPUTS)})")
-        runner: Backend
+        runner = OnnxBackend.from_cache(card, settings.cache_dir, settings.threads)
+        if runner is None:
+            return None
+        return LoadedModel(card, None, runner, runner.receptive_radius, runner.size_multiple)
+
+    @staticmethod
+    def serve(module: nn.Module, card: ModelCard, backend: str, settings: InferenceSettings) -> LoadedModel:
+        """Wrap a loaded registry model in ``backend`` (exporting/compiling as that backend needs). ONNX Runtime:
+        export into the cache (ONNX, α head, manifest), then serve from that entry as a later start will."""
+        if card.architecture not in INPUTS:
+            raise ValueError(f"{card.name}: architecture {card.architecture!r} is not servable ({sorted(INPUTS)})")
         if backend == "onnxruntime":
-            runner = OnnxBackend(module, card, INPUTS[card.architecture], settings.cache_dir, settings.threads)
-        elif backend == "tensorrt":
-            runner = TensorRTBackend(module, card, settings.cache_dir)
-        else:
-            runner = TorchBackend(module)
+            OnnxBackend.export(module, card, INPUTS[card.architecture], settings.cache_dir)
+            loaded = InferenceEngine.from_cache(card, settings)
+            if loaded is None:
+                raise ValueError(f"{card.name}: the export cache entry just written is unusable (see the log)")
+            return loaded
+        runner: Backend = (
+            TensorRTBackend(module, card, settings.cache_dir) if backend == "tensorrt" else TorchBackend(module)
+        )
         radius = None
         if card.architecture == "enhancer":
             radius = receptive_radius(module, card.input.channels, card.input.context_size, card.input.scale)
@@ -361,7 +411,7 @@ class InferenceEngine:
             if contexts.shape[0] != n:
                 raise ValueError(f"{contexts.shape[0]} context vectors for {n} images")
         h, w = images.shape[1:]
-        multiple = int(getattr(served.module, "size_multiple", 1))  # e.g. 2 for trunk="unshuffle"
+        multiple = served.size_multiple or 1  # e.g. 2 for trunk="unshuffle"
         pad_h, pad_w = -h % multiple, -w % multiple
         if pad_h or pad_w:  # reflect-pad to the multiple, crop the output back
             images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
@@ -394,14 +444,17 @@ class InferenceEngine:
 
     @staticmethod
     def _alphas(served: LoadedModel, contexts: np.ndarray) -> np.ndarray | None:
-        """N×blocks α of an α-conditioned enhancer (the context MLP only: cheap), else None."""
-        import torch
-
+        """N×blocks α of an α-conditioned enhancer (the context MLP only: cheap), else None: on ONNX Runtime its
+        exported α head, otherwise the torch module."""
+        if isinstance(served.backend, OnnxBackend):
+            return served.backend.alphas(contexts) if served.backend.has_alphas else None
         module = served.module
         if getattr(module, "conditioning", None) != "alpha":
             return None
+        import torch
+
         with torch.inference_mode():
-            return module.alphas(torch.from_numpy(contexts)).numpy()  # type: ignore[operator]
+            return module.alphas(torch.from_numpy(contexts)).numpy()  # type: ignore[union-attr,operator]
 
     def triage(
         self, image: np.ndarray, *, model: str | None = None, queue_timeout: float | None = None

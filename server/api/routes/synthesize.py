@@ -7,6 +7,7 @@ path at all. One generation runs at a time; a second concurrent request gets 503
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import threading
 from typing import Annotated, Any
@@ -41,7 +42,9 @@ def generators(st: ServiceState) -> dict[str, Any]:
 
 
 def render(st: ServiceState, label: int, seed: int) -> tuple[bytes, dict[str, str]]:
-    """One synthetic 8-bit RGB PNG and its tEXt marks."""
+    """One synthetic 8-bit RGB PNG and its tEXt marks; 503 where torch is not installed (the serving image)."""
+    if importlib.util.find_spec("torch") is None:
+        raise api_error(503, "model-not-loaded", "hybrid GAN not available: synthesis needs torch, not installed here")
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
