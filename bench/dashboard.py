@@ -57,8 +57,8 @@ Key = tuple[str, str, int]
 #: Runs in the page before its own scripts. Records: every animation frame (``frames``, performance.now() ms);
 #: for each (patient, channel, sample time) the first time a table row showing it was inserted (``shown``) and the
 #: animation frame after that (``painted``); first row and all rows (DOM and frame); Server-Sent Event counts and
-#: the size of each whole-ward event; long tasks. Observes only the table body's children (whole rows), so the
-#: page's own per-second text updates cost the observer nothing.
+#: the size of each whole-ward event; long tasks. Observes the rows and value cells the page inserts (a new row, or
+#: a cell replaced in an existing row), not text changes, so the page's per-second age updates cost it nothing.
 PAGE_HOOKS = r"""
 (() => {
   const EXPECTED = %(patients)d;
@@ -77,14 +77,21 @@ PAGE_HOOKS = r"""
     if (b.firstRow !== null && b.firstRowPaint === null) b.firstRowPaint = now;
     if (b.allRows !== null && b.allRowsPaint === null) b.allRowsPaint = now;
   };
+  let observer = null;
   const onRows = (records) => {
     const now = performance.now();
+    const seen = (patient, td) => {
+      const key = `${patient}|${td.dataset.channel}|${td.dataset.t}`;
+      if (!(key in b.shown)) { b.shown[key] = now; pending.push(key); }
+    };
     for (const record of records) {
-      for (const tr of record.addedNodes) {
-        if (tr.nodeType !== 1 || !tr.dataset.patient) continue;
-        for (const td of tr.querySelectorAll("td.v[data-t]")) {
-          const key = `${tr.dataset.patient}|${td.dataset.channel}|${td.dataset.t}`;
-          if (!(key in b.shown)) { b.shown[key] = now; pending.push(key); }
+      for (const node of record.addedNodes) {
+        if (node.nodeType !== 1) continue;
+        if (node.dataset.patient) {
+          observer.observe(node, { childList: true });  // its cells, replaced in place when a value changes
+          for (const td of node.querySelectorAll("td.v[data-t]")) seen(node.dataset.patient, td);
+        } else if (node.matches("td.v[data-t]") && node.parentElement && node.parentElement.dataset.patient) {
+          seen(node.parentElement.dataset.patient, node);
         }
       }
     }
@@ -93,8 +100,9 @@ PAGE_HOOKS = r"""
     if (b.allRows === null && body.children.length >= EXPECTED) b.allRows = now;
     if (!scheduled) { scheduled = true; requestAnimationFrame(paint); }
   };
+  observer = new MutationObserver(onRows);
   document.addEventListener("DOMContentLoaded", () => {
-    new MutationObserver(onRows).observe(document.getElementById("ward-body"), { childList: true });
+    observer.observe(document.getElementById("ward-body"), { childList: true });
   });
   const Native = window.EventSource;
   window.EventSource = class extends Native {

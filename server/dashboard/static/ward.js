@@ -55,9 +55,11 @@ const ward = {
     svg.append(line);
     return svg;
   },
+  sig: (reading) => (reading ? `${reading.t_ms}|${reading.value}|${reading.flag}` : "none"),
   cell(patientId, channel, reading) {
     const td = ward.el("td", "v");
     td.dataset.channel = channel.key;
+    td.dataset.sig = ward.sig(reading);
     if (!reading) {
       td.append(ward.el("span", "num", "—"));
       td.title = `${channel.name}: no value in the context window`;
@@ -86,21 +88,43 @@ const ward = {
       if (reading) newest = Math.max(newest, reading.t_ms);
       tr.append(ward.cell(view.patient_id, c, reading));
     }
-    const ctx = ward.el("td", "context");
-    const pct = Math.round(view.context.completeness * 100);
-    const meter = ward.el("span", "meter");
-    meter.append(ward.el("span"));
-    meter.firstChild.style.width = `${pct}%`;
-    ctx.append(meter, ward.el("span", "pct", `${pct}%`));
-    ctx.dataset.completeness = view.context.completeness;
-    const missing = view.context.missing.map((k) => (ward.channels.find((c) => c.key === k) || { label: k }).label);
-    ctx.title = missing.length ? `missing from the context: ${missing.join(", ")}` : "every channel present";
-    if (missing.length) ctx.append(ward.el("span", "age", `missing: ${missing.join(", ")}`));
-    tr.append(ctx);
+    tr.append(ward.contextCell(view.context));
     const updated = ward.el("td", "updated");
     updated.dataset.t = newest;
     tr.append(updated);
     return tr;
+  },
+  // An existing row takes only the cells whose reading (or context) changed: no rebuild of the whole row.
+  update(tr, view) {
+    let newest = 0;
+    for (const c of ward.channels) {
+      const reading = view.values[c.key];
+      if (reading) newest = Math.max(newest, reading.t_ms);
+      const old = tr.querySelector(`td[data-channel="${c.key}"]`);
+      if (!old || old.dataset.sig !== ward.sig(reading)) {
+        const cell = ward.cell(view.patient_id, c, reading);
+        if (old) old.replaceWith(cell);
+      }
+    }
+    const ctx = tr.querySelector("td.context");
+    if (ctx.dataset.sig !== ward.contextSig(view.context)) ctx.replaceWith(ward.contextCell(view.context));
+    tr.querySelector("td.updated").dataset.t = newest;
+  },
+  contextSig: (context) => `${context.completeness}|${context.missing.join(",")}`,
+  // The context the enhancer would see now: completeness and the channels missing.
+  contextCell(context) {
+    const ctx = ward.el("td", "context");
+    ctx.dataset.sig = ward.contextSig(context);
+    const pct = Math.round(context.completeness * 100);
+    const meter = ward.el("span", "meter");
+    meter.append(ward.el("span"));
+    meter.firstChild.style.width = `${pct}%`;
+    ctx.append(meter, ward.el("span", "pct", `${pct}%`));
+    ctx.dataset.completeness = context.completeness;
+    const missing = context.missing.map((k) => (ward.channels.find((c) => c.key === k) || { label: k }).label);
+    ctx.title = missing.length ? `missing from the context: ${missing.join(", ")}` : "every channel present";
+    if (missing.length) ctx.append(ward.el("span", "age", `missing: ${missing.join(", ")}`));
+    return ctx;
   },
   // A patient's new values: the trend takes every reading at once, the row is redrawn once per animation frame
   // with the newest view (a busy ward costs one redraw per patient per frame, not one per message).
@@ -119,14 +143,16 @@ const ward = {
     document.getElementById("empty").hidden = ward.patients.size > 0;
   },
   upsert(view) {
+    const old = ward.patients.get(view.patient_id);
+    if (old) {
+      ward.update(old, view);
+      ward.tick(old);
+      return;
+    }
     const body = document.getElementById("ward-body");
     const tr = ward.row(view);
-    const old = ward.patients.get(view.patient_id);
-    if (old) old.replaceWith(tr);
-    else {
-      const next = [...body.children].find((r) => r.dataset.patient > view.patient_id);
-      body.insertBefore(tr, next || null);
-    }
+    const next = [...body.children].find((r) => r.dataset.patient > view.patient_id);
+    body.insertBefore(tr, next || null);
     ward.patients.set(view.patient_id, tr);
     ward.tick(tr);
   },
