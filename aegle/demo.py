@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -267,6 +268,11 @@ def stow(url: str, token: str, datasets: Sequence[Dataset]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
+def _interrupt(*_: object) -> None:
+    """A SIGTERM handler: stop the way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def run_demo(duration_s: float = 30.0, patients: int = 6, workdir: str | Path = "var/demo", keep: bool = False,
              screenshots: str | Path | None = None) -> int:
     """Run the demo (see the module doc); returns a process exit code."""
@@ -354,6 +360,7 @@ class Demo:
                 self._screenshots(runs)
             if self.keep:
                 say("\n--keep: the broker, devices, service, edge node and Orthanc keep running; Ctrl-C stops them.")
+                signal.signal(signal.SIGTERM, _interrupt)  # a kill (or a service manager) stops them as Ctrl-C does
                 try:
                     threading.Event().wait()
                 except KeyboardInterrupt:
