@@ -13,7 +13,7 @@ from core import lazy_exports
 _EXPORTS: dict[str, str] = {
     "LOOPBACK": "aegle.localservices", "LocalService": "aegle.localservices", "Mosquitto": "aegle.localservices",
     "Orthanc": "aegle.localservices", "free_port": "aegle.localservices", "http_ok": "aegle.localservices",
-    "loopback_only_network": "aegle.localservices",
+    "loopback_only_network": "aegle.localservices", "c_store": "aegle.demo",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

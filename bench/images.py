@@ -215,22 +215,6 @@ def publish_vitals(patient: str, end: datetime, password: str) -> int:
     return sent
 
 
-def c_store(port: int, datasets: list[Any]) -> list[int]:
-    """Send datasets to the edge node with a pynetdicom C-STORE SCU; the status of each."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title="MODALITY")
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="AEGLE_EDGE")
-    if not assoc.is_established:
-        raise RuntimeError("the edge node refused the association")
-    try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    finally:
-        assoc.release()
-
-
 def derived_back(pacs: Any, sources: list[Any], timeout: float) -> list[Any]:
     """The derived series of ``sources`` fetched from Orthanc (WADO-RS) once all of it is there; checked."""
     from server import PRIVATE_CREATOR, PRIVATE_GROUP
@@ -291,6 +275,8 @@ def smoke(timeout: float = 120) -> dict[str, Any]:
                                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     if answer.status_code not in (200, 202):
         raise RuntimeError(f"STOW-RS to the server: HTTP {answer.status_code}: {answer.text[:500]}")
+    from aegle import c_store  # a modality's C-STORE to the edge node, as the demo sends it
+
     statuses = c_store(11112, mr)
     if any(statuses):
         raise RuntimeError(f"C-STORE to the edge node: statuses {statuses}")

@@ -250,13 +250,19 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
         raise ModelCardError(f"{path}: invalid model card:\n{exc}") from None
 
 
-def verified_card(root: str | os.PathLike[str] | None, name: str) -> ModelCard:
-    """The card of ``<root>/<name>`` once the weights file's sha256 matches it, without loading the weights (no
-    torch): what a server that runs an export of these weights (an ONNX file keyed by that sha256) checks."""
+def _named_card(root: str | os.PathLike[str] | None, name: str) -> tuple[Path, ModelCard]:
+    """The directory of ``<root>/<name>`` and its card, which must name the same model."""
     directory = _model_dir(root, name)
     card = load_card(directory / CARD_FILE)
     if card.name != name:
         raise ModelCardError(f"{directory / CARD_FILE}: card name {card.name!r} does not match directory {name!r}")
+    return directory, card
+
+
+def verified_card(root: str | os.PathLike[str] | None, name: str) -> ModelCard:
+    """The card of ``<root>/<name>`` once the weights file's sha256 matches it, without loading the weights (no
+    torch): what a server that runs an export of these weights (an ONNX file keyed by that sha256) checks."""
+    directory, card = _named_card(root, name)
     weights = directory / WEIGHTS_FILE
     try:
         actual = sha256_file(weights)
@@ -279,11 +285,7 @@ def load_model(
 
     from gan.models import build
 
-    directory = _model_dir(root, name)
-    card = load_card(directory / CARD_FILE)
-    if card.name != name:
-        raise ModelCardError(f"{directory / CARD_FILE}: card name {card.name!r} does not match directory {name!r}")
-
+    directory, card = _named_card(root, name)
     weights = directory / WEIGHTS_FILE
     try:
         data = weights.read_bytes()  # hash and deserialise the same bytes: no window for a swap in between
